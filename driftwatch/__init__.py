@@ -1,0 +1,10 @@
+"""driftwatch: automated nightly processing of DECam drift-scan exposures."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("driftwatch")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""Subcommands of ``driftwatch``: one module each, discovered by :mod:`driftwatch.cli`."""
