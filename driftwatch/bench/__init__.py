@@ -1,0 +1,1 @@
+"""Benchmarks: one module per area, each with run(quick) -> dict; ``driftwatch bench`` runs them."""
