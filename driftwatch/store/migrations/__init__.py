@@ -1,0 +1,1 @@
+"""Versioned schema migrations (Alembic), run by driftwatch.store.db.upgrade."""
