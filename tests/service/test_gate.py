@@ -1,0 +1,138 @@
+"""The completeness gate on real files written in pieces, with a controlled clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from driftwatch.service.gate import Gate, expected_extnames, make_check
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _fits_bytes(tmp_path: Path, n_ccd: int = 2, seed: int = 3) -> bytes:
+    rng = np.random.default_rng(seed)
+    primary = fits.PrimaryHDU()
+    primary.header["NEXTEND"] = n_ccd
+    hdus = [primary] + [fits.CompImageHDU(rng.normal(0, 1, (16, 16)).astype(np.float32),
+                                          name=f"S{i + 1}") for i in range(n_ccd)]
+    tmp = tmp_path / "src.fits"
+    fits.HDUList(hdus).writeto(tmp, checksum=True)
+    return tmp.read_bytes()
+
+
+@pytest.fixture
+def gate():
+    clock = Clock()
+    g = Gate(settle_s=2.0, complete_timeout_s=30.0, check=make_check((), True), clock=clock)
+    return g, clock
+
+
+def _touch_ns(path: Path, ns: int) -> None:
+    import os
+    os.utime(path, ns=(ns, ns))
+
+
+def test_in_place_writer_accepted_only_after_settling(tmp_path, gate):
+    g, clock = gate
+    data = _fits_bytes(tmp_path)
+    path = tmp_path / "c4d_x_ooi_VR_v1.fits.fz"
+    half = len(data) // 2
+    path.write_bytes(data[:half])
+    g.offer(path)
+    assert g.poll().accepted == ()                  # first sight: the clock starts
+    clock.t += 2.5
+    res = g.poll()                                   # settled but incomplete: checked, waits
+    assert res.accepted == () and res.timed_out == () and len(g) == 1
+    with path.open("ab") as fh:
+        fh.write(data[half:])
+    _touch_ns(path, 2_000_000_000_000_000_000)
+    clock.t += 0.5
+    assert g.poll().accepted == ()                  # changed: settle again
+    clock.t += 1.0
+    assert g.poll().accepted == ()                  # 1 s stable < settle_s
+    clock.t += 1.5
+    res = g.poll()
+    assert [j.path for j in res.accepted] == [str(path)]
+    assert res.accepted[0].verdict.complete and res.accepted[0].size == len(data)
+    assert len(g) == 0
+    g.offer(path)                                    # a late event for the same bytes
+    clock.t += 5
+    assert g.poll() == type(g.poll())() and len(g) == 0
+    assert g.decided(path)
+
+
+def test_stuck_file_reported_once_then_rewatched_when_it_changes(tmp_path, gate):
+    g, clock = gate
+    data = _fits_bytes(tmp_path)
+    path = tmp_path / "DECam_00000001.fits.fz"
+    path.write_bytes(data[: len(data) - 2880])
+    g.offer(path)
+    g.poll()
+    reported = []
+    for _ in range(20):
+        clock.t += 2.5
+        reported += g.poll().timed_out
+    assert len(reported) == 1 and reported[0].verdict.status == "incomplete"
+    assert reported[0].waited_s >= 30.0
+    g.offer(path)                                    # the next scan offers it again, unchanged
+    for _ in range(20):
+        clock.t += 2.5
+        assert g.poll().timed_out == ()
+    path.write_bytes(data)                           # the transfer is retried and finishes
+    _touch_ns(path, 3_000_000_000_000_000_000)
+    g.offer(path)
+    g.poll()
+    clock.t += 2.5
+    assert len(g.poll().accepted) == 1
+
+
+def test_corrupt_file_reported_once(tmp_path, gate):
+    g, clock = gate
+    data = bytearray(_fits_bytes(tmp_path))
+    data[-100] ^= 0xFF                               # inside the last heap: DATASUM fails
+    path = tmp_path / "bad.fits.fz"
+    path.write_bytes(bytes(data))
+    g.offer(path)
+    g.poll()
+    clock.t += 2.5
+    res = g.poll()
+    assert len(res.corrupt) == 1 and "DATASUM" in res.corrupt[0].verdict.reason
+    g.offer(path)
+    clock.t += 2.5
+    assert g.poll().corrupt == ()
+
+
+def test_vanished_file_is_dropped(tmp_path, gate):
+    g, clock = gate
+    path = tmp_path / "x.fits"
+    path.write_bytes(b"SIMPLE")
+    g.offer(path)
+    g.poll()
+    path.unlink()
+    clock.t += 3
+    assert g.poll() == type(g.poll())() and len(g) == 0
+
+
+def test_next_due_tracks_the_settle_window(tmp_path, gate):
+    g, clock = gate
+    assert g.next_due() is None
+    path = tmp_path / "x.fits"
+    path.write_bytes(_fits_bytes(tmp_path))
+    g.offer(path)
+    g.poll()
+    clock.t += 0.5
+    assert g.next_due() == pytest.approx(1.5)
+
+
+def test_expected_extnames_drop_dead_ccds():
+    assert expected_extnames(("S1", "N30", "N4"), ("N30",)) == ("S1", "N4")

@@ -1,0 +1,82 @@
+"""The watcher with real observers (inotify and polling) on a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from driftwatch.service.watcher import Watcher
+
+PATTERNS = ("*.fits", "*.fits.fz")
+IGNORE = (".*", "*.tmp", "*.part", "*~")
+
+
+def _collect(w: Watcher, want: set[str], timeout: float = 5.0) -> set[str]:
+    got: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not want <= got:
+        w.wait(0.1)
+        got.update(w.drain())
+    return got
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def watcher(request, tmp_path):
+    before = threading.active_count()
+    w = Watcher([tmp_path], PATTERNS, IGNORE, observer=request.param, poll_interval_s=0.1)
+    w.start()
+    assert w.alive()
+    yield w, tmp_path
+    w.stop()
+    assert not w.alive()
+    assert threading.active_count() == before  # no leaked observer or emitter threads
+
+
+def test_rename_into_place_is_the_event(watcher):
+    w, folder = watcher
+    sub = folder / "20261121"
+    sub.mkdir()
+    tmp = sub / ".DECam_00000001.fits.fz.Ab12Cd"
+    with tmp.open("wb") as fh:
+        for _ in range(3):
+            fh.write(b"x" * 1000)
+            fh.flush()
+    part = sub / "c4d_261121_010203_ooi_VR_v1.fits.fz.part"
+    part.write_bytes(b"y" * 100)
+    final = sub / "DECam_00000001.fits.fz"
+    os.rename(tmp, final)
+    os.rename(part, sub / "c4d_261121_010203_ooi_VR_v1.fits.fz")
+    want = {str(final), str(sub / "c4d_261121_010203_ooi_VR_v1.fits.fz")}
+    got = _collect(w, want)
+    assert got == want  # no temp names, no folders
+
+
+def test_folder_renamed_into_place_brings_its_files(watcher):
+    w, folder = watcher
+    staging = folder.parent / (folder.name + "-staging")
+    staging.mkdir()
+    (staging / "a.fits").write_bytes(b"a")
+    (staging / "notes.txt").write_bytes(b"n")
+    os.rename(staging, folder / "night")
+    want = {str(folder / "night" / "a.fits")}
+    assert _collect(w, want) == want
+
+
+def test_scan_finds_what_is_already_there(tmp_path):
+    (tmp_path / "d").mkdir()
+    for name in ("d/a.fits", "b.fits.fz", "c.txt", ".b.fits.fz.XyZ12", "d/e.fits.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    w = Watcher([tmp_path], PATTERNS, IGNORE)  # scan needs no observer
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in w.scan()) == ["b.fits.fz",
+                                                                             "d/a.fits"]
+
+
+def test_matches_uses_the_file_name():
+    w = Watcher([Path("/x")], ("DECam_*.fits.fz",), IGNORE)
+    assert w.matches("/data/night/DECam_00123456.fits.fz")
+    assert not w.matches("/data/night/.DECam_00123456.fits.fz.Ab12Cd")
+    assert not w.matches("/data/night/c4d_x.fits.fz")
