@@ -1,0 +1,194 @@
+"""Divide the shared atmospheric pattern out of every light curve of a CCD.
+
+Transparency and seeing change along the exposure in the same way for every star of a CCD. The
+pattern is a weighted mean of the reference stars' light curves, each normalised by its own
+median; the weights are inverse relative variances with a floor (so a few very bright stars do
+not dominate). Each star is divided by the pattern made *without itself* (leave-one-out, done
+for all stars at once by subtracting its own term from the weighted sums), so its own events
+never enter its normalisation. References whose normalised curves scatter too much (variable
+stars) are dropped, and single deviant samples of a reference (its own events, a cosmic ray)
+lose their weight, iteratively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FLAG_NOREF", "Normalised", "select_references", "normalise"]
+
+#: Sample flag: no reference star covered this sample, so it is not normalised.
+FLAG_NOREF = 1 << 14
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """Normalised light curves of ``n`` stars, ``m`` samples.
+
+    Attributes
+    ----------
+    flux, err : ndarray, float64, shape (n, m)
+        Flux divided by the star's baseline and by the leave-one-out ensemble pattern (~1), and
+        its 1-sigma uncertainty (the star's own noise and the pattern's, propagated).
+    good : ndarray, bool, shape (n, m)
+        Usable normalised samples (usable raw sample and a pattern available).
+    flags : ndarray, uint16, shape (n, m)
+        ``FLAG_NOREF`` where no reference covered the sample, else 0.
+    baseline : ndarray, float64, shape (n,)
+        Star's median flux after the pattern is divided out, ADU per sample.
+    pattern : ndarray, float64, shape (m,)
+        Ensemble pattern of all references (transparency x seeing losses), median 1.
+    is_reference : ndarray, bool, shape (n,)
+        Stars kept as references after clipping.
+    scatter : ndarray, float64, shape (n,)
+        Robust (1.4826 MAD) standard deviation of the good normalised samples.
+    expected : ndarray, float64, shape (n,)
+        Median expected uncertainty of the same samples.
+    chi : ndarray, float64, shape (n,)
+        Robust standard deviation of (flux - 1) / err: residual scatter over expected noise.
+    """
+
+    flux: np.ndarray
+    err: np.ndarray
+    good: np.ndarray
+    flags: np.ndarray
+    baseline: np.ndarray
+    pattern: np.ndarray
+    is_reference: np.ndarray
+    scatter: np.ndarray
+    expected: np.ndarray
+    chi: np.ndarray
+
+
+def _robust_std(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """1.4826 MAD along axis 1 of the entries where ``ok``; NaN for rows with < 5 entries."""
+    v = np.where(ok, x, np.nan)
+    with np.errstate(all="ignore"), _quiet():
+        med = np.nanmedian(v, axis=1)
+        out = 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+    return np.where(ok.sum(axis=1) >= 5, out, np.nan)
+
+
+class _quiet:
+    """Silence numpy's All-NaN slice warnings (rows with no usable sample are expected)."""
+
+    def __enter__(self) -> None:
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+def select_references(flux: np.ndarray, err: np.ndarray, good: np.ndarray, *,
+                      min_snr: float = 20.0, min_good: float = 0.7) -> np.ndarray:
+    """Pick candidate references: enough usable samples and a per-sample SNR above ``min_snr``.
+
+    Parameters
+    ----------
+    flux, err : ndarray, shape (n, m)
+        Raw light curves (ADU per sample) and uncertainties.
+    good : ndarray, bool, shape (n, m)
+        Usable samples (not blended, saturated, edge or masked).
+
+    Returns
+    -------
+    ndarray, bool, shape (n,)
+    """
+    with _quiet():
+        snr = np.nanmedian(np.where(good, flux / err, np.nan), axis=1)
+    return (good.mean(axis=1) >= min_good) & (np.nan_to_num(snr) >= min_snr)
+
+
+def normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, references: np.ndarray,
+              *, rel_floor: float = 0.003, clip_chi: float = 1.6, clip_sample: float = 5.0,
+              min_refs: int = 3, iterations: int = 4) -> Normalised:
+    """Estimate the ensemble pattern and divide it out of every light curve.
+
+    Parameters
+    ----------
+    flux, err : ndarray, float64, shape (n, m)
+        Raw light curves, ADU per sample, and their uncertainties.
+    good : ndarray, bool, shape (n, m)
+        Usable samples.
+    references : ndarray, bool, shape (n,)
+        Candidate reference stars (:func:`select_references`).
+    rel_floor : float
+        Floor of a reference's relative uncertainty in its weight.
+    clip_chi : float
+        A reference whose residual scatter exceeds ``clip_chi`` x its expected noise (and the
+        median such ratio of the references by 30 %) is dropped as variable.
+    clip_sample : float
+        A reference sample deviating by more than this many sigma loses its weight.
+    min_refs : int
+        With fewer references the pattern is 1 (nothing is divided out).
+
+    Returns
+    -------
+    Normalised
+    """
+    flux = np.asarray(flux, float)
+    err = np.asarray(err, float)
+    n, m = flux.shape
+    good = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    with _quiet():
+        base = np.nanmedian(np.where(good, flux, np.nan), axis=1)
+    detected = np.isfinite(base) & (base > 0)
+    base = np.where(detected, base, 1.0)
+    refs = np.asarray(references, bool) & detected
+    sample_ok = good.copy()
+    pattern_loo = np.ones((n, m))
+    var_loo = np.zeros((n, m))
+    covered = np.ones((n, m), bool)
+    for _ in range(iterations):
+        r = flux / base[:, None]
+        re = err / base[:, None]
+        w = np.where(sample_ok & refs[:, None], 1.0 / np.maximum(re, rel_floor) ** 2, 0.0)
+        if refs.sum() < min_refs:
+            pattern_loo[:] = 1.0
+            var_loo[:] = 0.0
+            covered[:] = True
+            break
+        wr = np.where(w > 0, w * r, 0.0)
+        sw, swr = w.sum(axis=0), wr.sum(axis=0)
+        sv = (w * w * np.where(w > 0, re * re, 0.0)).sum(axis=0)
+        wl = sw[None, :] - w
+        covered = wl > 0
+        wl_safe = np.where(covered, wl, 1.0)
+        pattern_loo = np.where(covered, (swr[None, :] - wr) / wl_safe, 1.0)
+        var_loo = np.where(covered, (sv[None, :] - w * w * np.where(w > 0, re * re, 0.0))
+                           / wl_safe ** 2, 0.0)
+        nf = r / pattern_loo
+        ne = np.abs(nf) * np.sqrt((re / np.where(r != 0, r, 1.0)) ** 2 + var_loo / pattern_loo ** 2)
+        ok = good & covered
+        with _quiet():
+            level = np.nanmedian(np.where(ok, nf, np.nan), axis=1)
+        base = np.where(np.isfinite(level) & (level > 0), base * level, base)
+        dev = np.abs(nf / np.where(np.isfinite(level) & (level > 0), level, 1.0)[:, None] - 1.0)
+        sample_ok = good & (dev <= clip_sample * np.maximum(ne, 1e-12))
+        chi = _robust_std((nf - 1.0) / np.maximum(ne, 1e-12), ok)
+        med_chi = np.nanmedian(chi[refs]) if refs.any() else 1.0
+        new_refs = refs & np.isfinite(chi) & (chi <= max(clip_chi, 1.3 * med_chi))
+        if new_refs.sum() >= min_refs:
+            refs = new_refs
+    r = flux / base[:, None]
+    re = err / base[:, None]
+    nf = r / pattern_loo
+    ne = np.sqrt((re / pattern_loo) ** 2 + (r ** 2) * var_loo / pattern_loo ** 4)
+    ok = good & covered & detected[:, None]
+    flags = np.where(covered, 0, FLAG_NOREF).astype(np.uint16)
+    # the pattern of all references together, for the record
+    w_all = np.where(sample_ok & refs[:, None], 1.0 / np.maximum(re, rel_floor) ** 2, 0.0)
+    sw = w_all.sum(axis=0)
+    pattern = np.where(sw > 0, (w_all * np.where(w_all > 0, r, 0.0)).sum(axis=0)
+                       / np.where(sw > 0, sw, 1.0), 1.0)
+    scatter = _robust_std(nf, ok)
+    with _quiet():
+        expected = np.nanmedian(np.where(ok, ne, np.nan), axis=1)
+    chi = _robust_std((nf - 1.0) / np.maximum(ne, 1e-12), ok)
+    return Normalised(flux=nf, err=ne, good=ok, flags=flags, baseline=np.where(detected, base, 0.0),
+                      pattern=pattern, is_reference=refs, scatter=scatter, expected=expected,
+                      chi=chi)
