@@ -1,0 +1,195 @@
+"""Executor backends behind one interface: a local process pool, or a Dask cluster.
+
+Both take a picklable task function (a module-level function such as
+``driftwatch.pipeline.ccd.reduce_ccd``) and a task (:mod:`driftwatch.tasks`), and return a
+future with ``add_done_callback``, ``result()`` and ``exception()``. The function runs wrapped
+in :func:`run_task`, which reports which worker ran it and for how long.
+
+- :class:`LocalExecutor`: ``concurrent.futures.ProcessPoolExecutor`` with ``workers.count``
+  processes started by *forkserver* (no thread or lock of the service is forked into a worker),
+  recycled after ``workers.max_tasks_per_worker`` tasks. A worker that dies (segfault, OOM kill)
+  breaks the pool: every future in flight gets ``BrokenProcessPool``; :meth:`restart` builds a
+  new pool. The dispatcher never queues more tasks than there are workers: CPython 3.11-3.14
+  can deadlock when ``max_tasks_per_child`` recycles a worker while a backlog waits in the pool
+  (python/cpython#115634), and a job is 'running' in the database only while a worker has it.
+- :class:`DaskExecutor`: ``distributed.Client`` on ``workers.dask_scheduler`` (a
+  ``LocalCluster`` of processes when it is 'local'); tasks are submitted with ``pure=False`` so a
+  resubmitted job runs again instead of returning a cached result. Dask itself reschedules the
+  task of a worker that died, and raises ``KilledWorker`` after too many deaths.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from driftwatch.config import WorkersConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What :func:`run_task` returns: the function's summary and where and how it ran."""
+
+    summary: Any
+    worker: str
+    seconds: float
+
+
+def run_task(fn: Callable[[Any], Any], task: Any) -> TaskOutcome:
+    """Run ``fn(task)`` in a worker, timing it and naming the worker (``host:pid``)."""
+    t0 = time.perf_counter()
+    summary = fn(task)
+    return TaskOutcome(summary, f"{socket.gethostname()}:{os.getpid()}", time.perf_counter() - t0)
+
+
+class FutureLike(Protocol):
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+    def result(self, timeout: float | None = None) -> Any: ...
+    def exception(self, timeout: float | None = None) -> BaseException | None: ...
+    def cancel(self) -> bool: ...
+
+
+class Executor(Protocol):
+    """The interface the dispatcher drives."""
+
+    name: str
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks may be in flight at once."""
+
+    def submit(self, fn: Callable[[Any], Any], task: Any) -> FutureLike: ...
+
+    def is_lost_worker(self, exc: BaseException) -> bool:
+        """True when ``exc`` means a worker died under the task (not an error of the task)."""
+
+    def needs_restart(self) -> bool: ...
+
+    def restart(self) -> None: ...
+
+    def shutdown(self, wait: bool = True) -> None: ...
+
+
+class LocalExecutor:
+    """A pool of local worker processes."""
+
+    name = "local"
+
+    def __init__(self, count: int, max_tasks_per_worker: int = 50,
+                 preload: tuple[str, ...] = ()) -> None:
+        self.count = count
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self._ctx = multiprocessing.get_context("forkserver")
+        # Modules imported once in the fork server, so a recycled worker starts in milliseconds.
+        self._ctx.set_forkserver_preload(["driftwatch.service.executor", *preload])
+        self._pool = self._new_pool()
+        self._broken = False
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.count, mp_context=self._ctx,
+                                   max_tasks_per_child=self.max_tasks_per_worker)
+
+    @property
+    def capacity(self) -> int:
+        return self.count
+
+    def submit(self, fn: Callable[[Any], Any], task: Any) -> FutureLike:
+        try:
+            return self._pool.submit(run_task, fn, task)
+        except BrokenProcessPool:
+            self._broken = True
+            raise
+
+    def is_lost_worker(self, exc: BaseException) -> bool:
+        if isinstance(exc, BrokenProcessPool):
+            self._broken = True
+            return True
+        return False
+
+    def needs_restart(self) -> bool:
+        return self._broken
+
+    def restart(self) -> None:
+        log.warning("a worker process died: starting a new pool of %d", self.count)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self._broken = False
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (tests kill one)."""
+        return [p.pid for p in list(self._pool._processes.values()) if p.pid]  # noqa: SLF001
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the pool; without ``wait`` the workers are terminated (their jobs were handed
+        back to the queue by the dispatcher, and products are only ever renamed into place)."""
+        if not wait:
+            for proc in list(self._pool._processes.values()):  # noqa: SLF001
+                if proc.is_alive():
+                    proc.terminate()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class DaskExecutor:
+    """Tasks on a Dask distributed cluster."""
+
+    name = "dask"
+
+    def __init__(self, scheduler: str, n_workers: int = 2) -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if scheduler == "local":
+            self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                         processes=True, dashboard_address=None)
+            self.client = Client(self._cluster)
+        else:
+            self.client = Client(scheduler)
+        self._n_workers = n_workers
+
+    @property
+    def capacity(self) -> int:
+        try:
+            threads = sum(self.client.nthreads().values())
+        except Exception:  # scheduler briefly unreachable: keep going with the configured size
+            threads = self._n_workers
+        return max(2 * threads, 1)
+
+    def submit(self, fn: Callable[[Any], Any], task: Any) -> FutureLike:
+        return self.client.submit(run_task, fn, task, pure=False)
+
+    def is_lost_worker(self, exc: BaseException) -> bool:
+        return type(exc).__name__ == "KilledWorker"
+
+    def needs_restart(self) -> bool:
+        return False
+
+    def restart(self) -> None:  # Dask replaces workers itself
+        pass
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker address -> process id (tests kill one)."""
+        return self.client.run(os.getpid)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def make_executor(workers: WorkersConfig, *, count: int | None = None,
+                  preload: tuple[str, ...] = ()) -> LocalExecutor | DaskExecutor:
+    """Build the backend named by ``workers.backend`` (``count`` overrides workers.count)."""
+    n = count or workers.count
+    if workers.backend == "dask":
+        return DaskExecutor(workers.dask_scheduler, n_workers=n)
+    return LocalExecutor(n, workers.max_tasks_per_worker, preload=preload)
