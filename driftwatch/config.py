@@ -186,7 +186,11 @@ class AlertsConfig:
     kind_routes: dict[str, str] = _f(factory=dict, doc="candidate kind or 'ops' -> route name")
     rate_per_s: float = _f(1.0, min=0.01, max=10, doc="messages per second per webhook")
     burst: int = _f(3, min=1, max=50, doc="token bucket size")
-    max_attempts: int = _f(20, min=1, doc="give up on a message after this many tries")
+    max_attempts: int = _f(20, min=1, doc="give up on a message after this many server errors")
+    retry_backoff_s: float = _f(2.0, min=0.01, max=3600,
+                                doc="first retry delay after a 5xx or network error (doubles)")
+    retry_max_backoff_s: float = _f(120.0, min=0.01, max=86400, doc="longest retry delay")
+    timeout_s: float = _f(10.0, min=0.1, max=300, doc="HTTP timeout of one webhook request")
     failure_rate_threshold: float = _f(0.2, min=0.0, max=1.0, doc="ops alert above this")
     summary_time_utc: str = _f("12:00", doc="HH:MM UTC of the nightly summary")
     products_url: str = _f("", doc="base URL where products are served (else local paths)")
