@@ -94,6 +94,25 @@ def default_catalogue_function() -> Callable[[CatalogueTask], CatalogueSummary]:
     return build_catalogue
 
 
+def outbox_exposure_hook(dispatcher: Dispatcher) -> ExposureHook | None:
+    """The default exposure hook: queue the exposure's candidate message in the alerts outbox,
+    report a failed exposure, and the night's failure rate when over the threshold."""
+    try:
+        from driftwatch.alerts import outbox
+    except ImportError:  # the alerts package is optional for the dispatcher
+        return None
+
+    def hook(session: Session, exposure: Exposure) -> None:
+        cfg = dispatcher.cfg
+        outbox.queue_exposure_alert_from_db(session, cfg, exposure.id)
+        if exposure.state == "failed":
+            outbox.queue_exposure_failed(session, cfg, exposure.id)
+        if exposure.night:
+            outbox.queue_failure_rate_if_over(session, cfg, exposure.night)
+
+    return hook
+
+
 def _products_present(path: str | None) -> bool:
     if not path:
         return False
@@ -123,18 +142,22 @@ class Dispatcher:
     def __init__(self, cfg: Config, store: Store, executor: Executor, *,
                  ccd_fn: Callable[[CcdTask], Any] | None = None,
                  catalogue_fn: Callable[[CatalogueTask], Any] | None = None,
-                 alerts: bool = True, on_candidates: CandidatesHook | None = None,
+                 alerts: bool | None = None, on_candidates: CandidatesHook | None = None,
                  on_exposure_done: ExposureHook | None = None,
                  scope: Iterable[int] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
+        if isinstance(cfg, Store) and isinstance(store, Config):  # (store, cfg, ...) also works
+            cfg, store = store, cfg
         self.cfg = cfg
         self.store = store
         self.executor = executor
         self._ccd_fn = ccd_fn
         self._catalogue_fn = catalogue_fn
-        self.alerts = alerts
+        self.alerts = cfg.alerts.enabled if alerts is None else alerts
         self.on_candidates = on_candidates
         self.on_exposure_done = on_exposure_done
+        if self.alerts and on_exposure_done is None:
+            self.on_exposure_done = outbox_exposure_hook(self)
         self.scope = set(scope) if scope is not None else None
         self.clock = clock
         self._done: queue.Queue[tuple[int, int, Any]] = queue.Queue()
@@ -160,6 +183,26 @@ class Dispatcher:
         if self._catalogue_fn is None:
             self._catalogue_fn = default_catalogue_function()
         return self._catalogue_fn
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Use a reloaded configuration for the next tasks (workers.* needs a restart)."""
+        self.cfg = cfg
+
+    def alive(self) -> bool:
+        """True unless the executor is broken beyond the restart the next step does."""
+        try:
+            return self.executor.capacity > 0
+        except Exception:  # a Dask scheduler that went away
+            return False
+
+    def step(self, timeout: float = 0.0) -> list[JobResult]:
+        """One turn of a daemon loop: submit ready jobs, record what has finished."""
+        self.submit_ready()
+        return self.collect(timeout)
+
+    def recover(self) -> int:
+        """Alias of :meth:`requeue_running` (start-up crash recovery)."""
+        return self.requeue_running()
 
     def requeue_running(self) -> int:
         """Put jobs left 'running' by a dead process back in the queue (start-up only).
@@ -348,13 +391,12 @@ class Dispatcher:
                                      backoff_s=self.cfg.workers.retry_backoff_s)
                 return self._finish(s, job, exp, now, error)
             if isinstance(summary, CatalogueSummary):
+                # job.pipeline_version stays the dispatcher's (the idempotency key).
                 jobstate.mark_done(job, now, product_path=product,
-                                   pipeline_version=summary.pipeline_version or None,
                                    n_trails=summary.n_stars, worker=outcome.worker)
                 log.info("%s catalogue of %s: %d stars", tag, job.field, summary.n_stars)
                 return self._finish(s, job, exp, now, None)
             jobstate.mark_done(job, now, product_path=product,
-                               pipeline_version=summary.pipeline_version or None,
                                n_trails=summary.n_trails, n_matched=summary.n_matched,
                                n_candidates=summary.n_candidates,
                                notes="; ".join(summary.notes) or None, worker=outcome.worker)
@@ -408,12 +450,18 @@ class Dispatcher:
             if self.submit_ready() == 0 and not self._inflight:
                 time.sleep(poll_s)  # waiting for a retry time (backoff) or a DQ mask
 
-    def shutdown(self, grace: float | None = None) -> None:
-        """Wait up to ``grace`` s for tasks in flight, hand the rest back to the queue, stop."""
+    def shutdown(self, grace: float | None = None) -> tuple[int, int]:
+        """Wait up to ``grace`` s for tasks in flight, hand the rest back to the queue, stop.
+
+        Return (tasks recorded during the grace period, jobs handed back to the queue).
+        """
         grace = self.cfg.workers.grace_period_s if grace is None else grace
         deadline = time.monotonic() + grace
+        recorded = 0
         while self._inflight and time.monotonic() < deadline:
-            self.collect(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+            recorded += len(self.collect(
+                timeout=min(0.5, max(deadline - time.monotonic(), 0.01))))
+        handed_back = len(self._inflight)
         if self._inflight:
             now = self.clock()
             with self.store.session_scope() as s:
@@ -425,3 +473,4 @@ class Dispatcher:
                         len(self._inflight))
             self._inflight.clear()
         self.executor.shutdown(wait=False)
+        return recorded, handed_back

@@ -152,3 +152,31 @@ class Store:
 def open_store(url: str, *, migrate: bool = True) -> Store:
     """Open (and by default migrate) the database at ``url``."""
     return Store(url, migrate=migrate)
+
+
+@contextmanager
+def writer_lock(state_dir: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<state>/writer.lock`` while one process writes the queue.
+
+    The daemon and ``driftwatch reprocess`` both dispatch jobs and would put each other's
+    running jobs back in the queue; the second one to start stops with a clear message. The
+    lock dies with its process (kill -9 included), so there is no stale lock to clean.
+    """
+    import fcntl
+    import os
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "writer.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise StoreError(f"{path}: the job database is being written by {holder}; "
+                             f"stop it before running {what}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{what} (pid {os.getpid()})".encode())
+        yield
+    finally:
+        os.close(fd)
