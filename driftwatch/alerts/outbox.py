@@ -35,7 +35,7 @@ import os
 import socket
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 
@@ -51,6 +51,7 @@ from driftwatch.store.models import (
     ALERT_PENDING,
     ALERT_SENT,
     DONE,
+    EXP_FAILED,
     FAILED,
     KIND_CCD,
     ROLE_DRIFT,
@@ -291,7 +292,7 @@ def night_summary(session: Session, night: str) -> NightSummary:
         n_ccds_failed=counts.get(FAILED, 0), n_ccds_skipped=counts.get(SKIPPED, 0),
         n_candidates=n_candidates, n_alerted=n_alerted,
         median_latency_s=statistics.median(latencies) if latencies else None,
-        n_exposures_failed=sum(1 for e in exposures if e.state == FAILED))
+        n_exposures_failed=sum(1 for e in exposures if e.state == EXP_FAILED))
 
 
 def summary_due(now: datetime, summary_time_utc: str, longitude_deg: float,
@@ -388,3 +389,24 @@ def recover_in_flight(session: Session) -> list[int]:
     if ids:
         session.execute(update(Alert).where(Alert.id.in_(ids)).values(state=PENDING))
     return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# The dispatcher's hook
+# ---------------------------------------------------------------------------------------------
+def exposure_done_hook(cfg: Config) -> Callable[[Session, Exposure], None]:
+    """Return the dispatcher's ``on_exposure_done(session, exposure)`` hook.
+
+    It runs inside the transaction that records the exposure's last CCD, and queues: the
+    exposure's candidate message(s); "exposure failed" when it ended failed; the night's
+    failure-rate message when the rate passes the threshold (each once, by key).
+    """
+
+    def on_exposure_done(session: Session, exposure: Exposure) -> None:
+        queue_exposure_alert_from_db(session, cfg, exposure.id)
+        if exposure.state == EXP_FAILED:
+            queue_exposure_failed(session, cfg, exposure.id)
+        if exposure.night:
+            queue_failure_rate_if_over(session, cfg, exposure.night)
+
+    return on_exposure_done

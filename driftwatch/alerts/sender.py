@@ -212,8 +212,8 @@ class AlertSender:
         The whole configuration (``alerts`` for the behaviour, ``paths`` for the lock file and
         the dry-run folder).
     session_scope:
-        A factory of transactional sessions, e.g. ``Store.session_scope``. No transaction is
-        held during an HTTP request.
+        A :class:`~driftwatch.store.db.Store`, or any factory of transactional sessions such as
+        ``Store.session_scope``. No transaction is held during an HTTP request.
     clock:
         Monotonic seconds for the token buckets.
     now:
@@ -222,12 +222,12 @@ class AlertSender:
         How often the thread looks for new rows when nobody calls :meth:`wake`.
     """
 
-    def __init__(self, config: Config, session_scope: SessionScope, *,
+    def __init__(self, config: Config, session_scope: SessionScope | Any, *,
                  clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = utcnow, idle_poll_s: float = 1.0) -> None:
         self.config = config
         self.alerts = config.alerts
-        self._scope = session_scope
+        self._scope: SessionScope = getattr(session_scope, "session_scope", session_scope)
         self._clock = clock
         self._now = now
         self.idle_poll_s = idle_poll_s
