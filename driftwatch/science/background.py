@@ -1,0 +1,181 @@
+"""Sky background and noise of one CCD, measured with sep on a coarse mesh.
+
+The background is a smooth function (sep's mesh of ``box`` x ``box`` pixel cells, median
+filtered, spline interpolated). Because it is smooth, the mesh statistics can be measured on every
+``step``-th pixel in each direction without loss of accuracy for a sky-limited image: pixels are
+independent, so the per-pixel noise of the subsample is the per-pixel noise of the image, and
+the work drops by ``step**2``. The maps are then evaluated on the subsampled grid; callers that
+need full resolution use :meth:`Background.full_back` / :meth:`Background.full_rms` (nearest
+sample, adequate for a field that varies on the scale of ``box`` pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+
+from driftwatch.errors import ScienceError
+
+__all__ = ["Background", "measure_background", "mask_from_dq", "MASK_CODES"]
+
+#: CP data-quality codes treated as unusable for detection and centroiding:
+#: 1 bad pixel, 2 no data, 3 saturated, 4 bleed trail, 5 cosmic ray. A cosmic-ray hit is a few
+#: pixels of large signal and must not become a "trail"; codes 6 (low weight), 7 (difference
+#: detection) and 8 (streak) keep their pixels, which are still measurements.
+MASK_CODES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class Background:
+    """Sky level and per-pixel noise of one CCD.
+
+    Attributes
+    ----------
+    back, rms : ndarray, float32, shape (ceil(ny/step), ceil(nx/step))
+        Sky level and per-pixel noise (ADU) at pixels ``[::step, ::step]`` of the CCD; a
+        full-resolution pixel takes the sample at or below it.
+    step : int
+        Subsampling step of the maps (1 = full resolution).
+    shape : tuple of int
+        (ny, nx) of the full CCD.
+    global_back, global_rms : float
+        sep's global sky level and per-pixel noise (ADU).
+    box : int
+        Mesh cell size in full-resolution pixels.
+    """
+
+    back: np.ndarray
+    rms: np.ndarray
+    step: int
+    shape: tuple[int, int]
+    global_back: float
+    global_rms: float
+    box: int
+
+    def full_back(self) -> np.ndarray:
+        """Return the sky level at full resolution, float32, shape (ny, nx), ADU."""
+        return self._full(self.back)
+
+    def full_rms(self) -> np.ndarray:
+        """Return the per-pixel noise at full resolution, float32, shape (ny, nx), ADU."""
+        return self._full(self.rms)
+
+    def back_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Return the sky level (ADU) at pixel positions ``x, y`` (any shape, nearest sample)."""
+        return self.back[self._iy(y), self._ix(x)]
+
+    def rms_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Return the per-pixel noise (ADU) at pixel positions ``x, y`` (nearest sample)."""
+        return self.rms[self._iy(y), self._ix(x)]
+
+    # The sample at or below a position (floor), so full-resolution rows map onto the
+    # subsampled maps by plain repetition (see ``rows``).
+    def _ix(self, x: np.ndarray) -> np.ndarray:
+        i = np.floor(np.asarray(x, dtype=float) / self.step + 1e-9).astype(np.intp)
+        return np.clip(i, 0, self.back.shape[1] - 1)
+
+    def _iy(self, y: np.ndarray) -> np.ndarray:
+        i = np.floor(np.asarray(y, dtype=float) / self.step + 1e-9).astype(np.intp)
+        return np.clip(i, 0, self.back.shape[0] - 1)
+
+    def rows_at_columns(self, which: str, x: np.ndarray) -> np.ndarray:
+        """Return the ``back`` or ``rms`` map at every CCD row and columns ``x``, shape (ny, m)."""
+        m = self.back if which == "back" else self.rms
+        cols = m[:, self._ix(x)]
+        return np.repeat(cols, self.step, axis=0)[: self.shape[0]] if self.step > 1 else cols
+
+    def _full(self, m: np.ndarray) -> np.ndarray:
+        ny, nx = self.shape
+        if self.step == 1:
+            return m
+        return np.repeat(np.repeat(m, self.step, axis=0), self.step, axis=1)[:ny, :nx]
+
+
+def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | None,
+                 codes: tuple[int, ...] = MASK_CODES) -> np.ndarray:
+    """Return the boolean mask of pixels unusable for detection.
+
+    Parameters
+    ----------
+    dq : ndarray of int, shape (ny, nx), or None
+        CP data-quality codes (0 good). None: no mask available (only NaN/saturation masked).
+    image : ndarray, shape (ny, nx)
+        The CCD in ADU; non-finite pixels are masked.
+    saturate : float or None
+        Saturation level in ADU; pixels at or above it are masked.
+    codes : tuple of int
+        The DQ codes that mask a pixel.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        True where the pixel must get zero weight.
+    """
+    mask = ~np.isfinite(image)
+    if saturate is not None and np.isfinite(saturate):
+        mask |= image >= saturate
+    if dq is not None:
+        if dq.shape != image.shape:
+            raise ScienceError(f"DQ mask shape {dq.shape} differs from image shape {image.shape}")
+        lut = np.zeros(256, dtype=bool)
+        lut[list(codes)] = True
+        mask |= lut[np.asarray(dq).astype(np.uint8, copy=False)]
+    return mask
+
+
+def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box: int = 64,
+                       filter_size: int = 3, step: int = 2) -> Background:
+    """Measure the sky level and noise of a CCD.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        CCD pixels in ADU, sky included (any float dtype or byte order).
+    mask : ndarray of bool, shape (ny, nx), optional
+        True for pixels to ignore (masked pixels, NaN).
+    box : int
+        Mesh cell size in pixels of the full-resolution image.
+    filter_size : int
+        Median filter size over mesh cells (suppresses cells dominated by a bright star).
+    step : int
+        Measure on every ``step``-th pixel in both axes (1 = all pixels).
+
+    Returns
+    -------
+    Background
+
+    Raises
+    ------
+    ScienceError
+        The image has no usable pixel (all NaN or all masked) or is not 2-D.
+    """
+    if image.ndim != 2:
+        raise ScienceError(f"expected a 2-D image, got shape {image.shape}")
+    step = max(1, int(step))
+    sub = image[::step, ::step]
+    # sep wants native byte order and C-contiguous float32/64 (FITS data are big-endian).
+    sub = np.ascontiguousarray(sub, dtype=np.float32)
+    bad = ~np.isfinite(sub)
+    if mask is not None:
+        bad |= np.ascontiguousarray(mask[::step, ::step], dtype=bool)
+    n_good = int(bad.size - np.count_nonzero(bad))
+    if n_good < 0.01 * bad.size or n_good < 100:
+        raise ScienceError(f"no usable pixels for the background ({n_good} of {bad.size} sampled)")
+    if bad.any():
+        sub = np.where(bad, np.float32(0), sub)
+    cell = max(4, int(round(box / step)))
+    try:
+        bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)
+        back = bkg.back(dtype=np.float32)
+        rms = bkg.rms(dtype=np.float32)
+    except Exception as exc:  # sep raises plain Exceptions with C error texts
+        raise ScienceError(f"background estimation failed: {exc}") from exc
+    gback, grms = float(bkg.globalback), float(bkg.globalrms)
+    if not (np.isfinite(gback) and np.isfinite(grms)) or grms <= 0:
+        raise ScienceError(f"background has no noise (global rms {grms}): constant or empty image")
+    # Cells with no good pixel get sep's global values; guard rms against zeros.
+    rms = np.where(rms > 0, rms, np.float32(grms)).astype(np.float32, copy=False)
+    return Background(back=back, rms=rms, step=step, shape=(int(image.shape[0]),
+                      int(image.shape[1])), global_back=gback, global_rms=grms, box=int(box))
