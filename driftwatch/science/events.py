@@ -1,21 +1,26 @@
 """Search normalised light curves for short brightenings and dips with a matched filter.
 
-An event of intrinsic duration ``D`` (FWHM, seconds) is modelled as a Gaussian in time; the
-drift smears it along the trail by the PSF, whose along-trail sigma in time is
-``smear_sigma_s = sigma_px * seconds_per_px``. The sampled event is then a Gaussian of sigma
-``sqrt((D / 2.3548)**2 + smear_sigma_s**2)``: its *fluence* (excess flux integrated over time)
-is that of the intrinsic event, and its peak is lowered by the smear. Every light curve is
-correlated with this shape for a grid of durations and every centre sample (one matrix product
-over all stars, durations and centres), giving the weighted least-squares amplitude and its
-signal-to-noise ratio ``S``.
+Event shape: a point-lens (Paczynski) magnification curve ``A(t) - 1`` of intrinsic FWHM
+``D`` seconds, symmetric about its peak, for a few peak amplitudes (the shape's wings widen with
+the amplitude; small-amplitude events tend to a squared Lorentzian). The drift smears any event
+along the trail by the PSF, whose along-trail sigma in time is ``smear_sigma_s = sigma_px *
+seconds_per_px``, so each template is the intrinsic shape convolved with that Gaussian, sampled
+at the light curve's samples. Every light curve is correlated with every template at every
+centre sample (one matrix product over all stars, shapes and centres), giving the weighted
+least-squares intrinsic amplitude and its signal-to-noise ratio ``S``. A dip is the same shape
+with a negative amplitude.
+
+Fluence is the excess (fraction of the baseline) integrated over the exposure; smoothing does
+not change it, so it is well measured even for events much shorter than the smear, whose peak
+amplitude is not.
 
 Significance, corrected for correlated noise: the errors of each star are first scaled by its
 residual scatter over expected noise (when above 1), then the filtered statistic of each
-duration is divided by its robust standard deviation over all stars and centres of the CCD
-(red noise and normalisation errors widen it at the durations they affect). The trials factor
-is reported as a false-alarm probability; the threshold applies to the calibrated significance.
-A candidate must survive removing its most significant sample (a cosmic-ray spike or a single
-bad pixel never does).
+template is divided by its robust standard deviation over all stars and centres of the CCD
+(red noise and normalisation errors widen it at the durations they affect; never below 1). The
+trials factor is reported as a false-alarm probability; the threshold applies to the calibrated
+significance. A candidate must survive removing its most significant sample (a cosmic-ray spike
+or a single bad pixel never does).
 """
 
 from __future__ import annotations
@@ -23,11 +28,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
-__all__ = ["EventCandidates", "duration_grid", "search_events"]
+__all__ = ["EventCandidates", "duration_grid", "event_shape", "smeared_shape", "search_events"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: Peak amplitudes of the template shapes (the shape, not the fitted amplitude).
+SHAPE_AMPLITUDES: tuple[float, ...] = (0.05, 0.5, 2.0)
+
+
+def _magnification(u: np.ndarray) -> np.ndarray:
+    return (u * u + 2.0) / (u * np.sqrt(u * u + 4.0))
+
+
+def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np.ndarray:
+    """Return the unit-peak point-lens excess ``(A(t) - 1) / (A(0) - 1)`` at times ``t``.
+
+    ``duration_s`` is the FWHM of ``A - 1`` and ``amplitude`` its peak (which sets the wings).
+    """
+    from scipy.optimize import brentq
+
+    u0 = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude, 1e-6, 1e3)
+    uh = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude / 2, u0, 1e4)
+    t_e = duration_s / (2.0 * np.sqrt(uh * uh - u0 * u0))
+    u = np.sqrt(u0 * u0 + (np.asarray(t, float) / t_e) ** 2)
+    return (_magnification(u) - 1.0) / amplitude
+
+
+def smeared_shape(lags: np.ndarray, duration_s: float, smear_sigma_s: float,
+                  amplitude: float = 0.05) -> np.ndarray:
+    """Return the event shape convolved with the along-trail smear, at time lags (s).
+
+    Numerical convolution on a fine grid; the result is in units of the intrinsic peak.
+    """
+    lags = np.asarray(lags, float)
+    span = np.abs(lags).max() + 6.0 * smear_sigma_s + 1.0
+    dt = min(duration_s, smear_sigma_s) / 10.0
+    grid = np.arange(-span, span + dt / 2, dt)
+    shape = event_shape(grid, duration_s, amplitude)
+    kern_t = np.arange(-6 * smear_sigma_s, 6 * smear_sigma_s + dt / 2, dt)
+    kern = np.exp(-0.5 * (kern_t / smear_sigma_s) ** 2)
+    kern /= kern.sum()
+    conv = fftconvolve(shape, kern, mode="same")
+    return np.interp(lags, grid, conv)
 
 
 @dataclass(frozen=True)
@@ -47,7 +91,8 @@ class EventCandidates:
     duration_s : ndarray, float64, shape (k,)
         Intrinsic FWHM duration of the best-matching template, seconds.
     amplitude : ndarray, float64, shape (k,)
-        Intrinsic peak amplitude, fraction of the baseline (negative for a dip).
+        Intrinsic peak amplitude of the best template's fit, fraction of the baseline (negative
+        for a dip); meaningful for events longer than the smear.
     smeared_amplitude : ndarray, float64, shape (k,)
         Peak amplitude of the PSF-smeared event in the sampled light curve.
     fluence : ndarray, float64, shape (k,)
@@ -56,10 +101,11 @@ class EventCandidates:
         Calibrated significance, sigma.
     false_alarm : ndarray, float64, shape (k,)
         Probability of a noise peak this high anywhere on the CCD (trials included).
-    calibration : ndarray, float64, shape (d,)
-        Robust standard deviation of the filtered statistic for each searched duration.
-    durations : ndarray, float64, shape (d,)
-        The searched durations, seconds.
+    calibration : ndarray, float64, shape (s,)
+        Robust standard deviation of the filtered statistic of each template (never below 1).
+    durations : ndarray, float64, shape (s,)
+        The duration of each template, seconds (each duration appears once per shape
+        amplitude of :data:`SHAPE_AMPLITUDES`).
     """
 
     star: np.ndarray
@@ -85,11 +131,23 @@ def duration_grid(min_s: float, max_s: float, per_octave: int = 3) -> np.ndarray
     return np.geomspace(min_s, max_s, n)
 
 
-def _templates(m: int, spp: float, sig_tot: np.ndarray) -> np.ndarray:
-    """Unit-peak Gaussian templates, shape (d, c, k): duration, centre sample, sample."""
-    k = np.arange(m, dtype=float)
-    dk = (k[None, :] - k[:, None]) * spp  # (c, k) seconds
-    return np.exp(-0.5 * (dk[None] / sig_tot[:, None, None]) ** 2)
+def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[float, ...],
+               smear_sigma_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smeared templates, shape (s, c, k) for s = (duration, amplitude) pairs, centre, sample.
+
+    Returns the templates, each shape's duration and amplitude (s,).
+    """
+    lags = np.arange(-(m - 1), m, dtype=float) * spp
+    prof, dur, amp = [], [], []
+    for d in durations:
+        for a in amplitudes:
+            prof.append(smeared_shape(lags, float(d), smear_sigma_s, a))
+            dur.append(d)
+            amp.append(a)
+    prof_arr = np.asarray(prof)
+    k = np.arange(m)
+    lag_index = (k[None, :] - k[:, None]) + (m - 1)  # (c, k)
+    return prof_arr[:, lag_index], np.asarray(dur), np.asarray(amp)
 
 
 def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.ndarray, *,
@@ -130,8 +188,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     n, m = flux.shape
     durations = np.asarray(durations, float)
     spp = float(seconds_per_px)
-    sig_tot = np.hypot(durations / _FWHM, smear_sigma_s)
-    T = _templates(m, spp, sig_tot)
+    T, shape_dur, shape_amp = _templates(m, spp, durations, SHAPE_AMPLITUDES, smear_sigma_s)
+    n_shapes = shape_dur.size
     T2 = T * T
     scale = np.ones(n) if chi is None else np.where(np.isfinite(chi), np.maximum(chi, 1.0), 1.0)
     ok = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
@@ -140,36 +198,42 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     w = np.where(ok, 1.0 / (np.where(ok, err, 1.0) * scale[:, None]) ** 2, 0.0)
     r = np.where(ok, flux - 1.0, 0.0)
     wr = w * r
-    num = np.einsum("ik,dck->idc", wr, T, optimize=True)
-    den = np.einsum("ik,dck->idc", w, T2, optimize=True)
-    cover = np.einsum("ik,dck->idc", ok.astype(float), T2, optimize=True) / T2.sum(axis=2)[None]
+    # (n, k) @ (k, s*c): one BLAS product per sum, over all stars, templates and centres
+    flat_t = T.reshape(-1, m).T
+    flat_t2 = T2.reshape(-1, m).T
+    num = (wr @ flat_t).reshape(n, n_shapes, m)
+    den = (w @ flat_t2).reshape(n, n_shapes, m)
+    cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m) / T2.sum(axis=2)[None]
     valid = (den > 0) & (cover >= min_cover)
     S = np.where(valid, num / np.sqrt(np.where(valid, den, 1.0)), 0.0)
     amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
 
-    calib = np.ones(durations.size)
-    for j in range(durations.size):  # a handful of durations, not a loop over stars
+    calib = np.ones(n_shapes)
+    for j in range(n_shapes):  # a few dozen templates, not a loop over stars
         v = S[:, j, :][valid[:, j, :]]
+        v = v[:: max(1, v.size // 20000)]  # a robust width needs no more points
         if v.size >= min_calibration_points:
             med = np.median(v)
             calib[j] = max(1.0, 1.4826 * np.median(np.abs(v - med)))
     Z = S / calib[None, :, None]
 
-    # effective independent trials: stars x (samples per template width) x durations x signs
+    # effective independent trials: stars x (samples / template width) x durations x signs
+    mid = T[:, m // 2, :]
+    width = np.maximum(mid.sum(axis=1) ** 2 / (mid * mid).sum(axis=1), 1.0)
     n_search = int(ok.any(axis=1).sum())
-    width = np.maximum(sig_tot / spp * np.sqrt(2.0 * np.pi), 1.0)
-    n_trials = max(1.0, 2.0 * n_search * float(np.sum(m / width)))
+    n_trials = max(1.0, 2.0 * n_search * float(np.sum(m / width)) / len(SHAPE_AMPLITUDES))
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in (
         "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap")}
     flat = Z.reshape(n, -1)
+    t_end = m * spp
     for sign, kind in ((1.0, "brightening"), (-1.0, "dip")):
         best = np.argmax(sign * flat, axis=1)
         zbest = sign * flat[np.arange(n), best]
         hit = np.flatnonzero(zbest > threshold)
         if hit.size == 0:
             continue
-        jd, jc = np.unravel_index(best[hit], (durations.size, m))
+        jd, jc = np.unravel_index(best[hit], (n_shapes, m))
         # robustness: the event must survive losing its most significant sample
         contrib = sign * wr[hit] * T[jd, jc]
         kmax = np.argmax(contrib, axis=1)
@@ -186,25 +250,31 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         zl = np.where(jc > 0, Z[hit, jd, np.maximum(jc - 1, 0)], zc)
         zr = np.where(jc < m - 1, Z[hit, jd, np.minimum(jc + 1, m - 1)], zc)
         curv = zl - 2 * zc + zr
-        delta = np.where(np.abs(curv) > 1e-12, 0.5 * (zl - zr) / np.where(curv != 0, curv, 1.0), 0.0)
+        delta = np.where(np.abs(curv) > 1e-12,
+                         0.5 * (zl - zr) / np.where(curv != 0, curv, 1.0), 0.0)
         delta = np.clip(delta, -0.5, 0.5)
         tc = t[hit, jc]
         tn = np.where(delta >= 0, t[hit, np.minimum(jc + 1, m - 1)] - tc,
                       tc - t[hit, np.maximum(jc - 1, 0)])
         tn = np.where(tn > 0, tn, spp)
-        a_s = amp[hit, jd, jc]
-        fluence = a_s * sig_tot[jd] * np.sqrt(2.0 * np.pi)
-        a_int = fluence / (durations[jd] / _FWHM * np.sqrt(2.0 * np.pi))
+        tp = tc + delta * tn
+        a_int = amp[hit, jd, jc]
+        a_smeared = a_int * T[jd, jc].max(axis=1)
+        # fluence within the exposure: the fitted intrinsic shape integrated over [0, t_end]
+        grid = np.linspace(0.0, t_end, 2001)
+        fluence = np.array([
+            a * np.trapezoid(event_shape(grid - tpk, shape_dur[j], shape_amp[j]), grid)
+            for a, tpk, j in zip(a_int, tp, jd)])
         sig = sign * zc
         p1 = ndtr(-sig)
         fap = -np.expm1(n_trials * np.log1p(-np.minimum(p1, 1 - 1e-16)))
         out["star"].append(hit)
         out["kind"].append(np.full(hit.size, kind))
         out["sample"].append(jc)
-        out["t"].append(tc + delta * tn)
-        out["dur"].append(durations[jd])
+        out["t"].append(tp)
+        out["dur"].append(shape_dur[jd])
         out["amp"].append(a_int)
-        out["samp"].append(a_s)
+        out["samp"].append(a_smeared)
         out["flu"].append(fluence)
         out["sig"].append(sig)
         out["fap"].append(fap)
@@ -219,5 +289,5 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         duration_s=cat("dur", float)[order], amplitude=cat("amp", float)[order],
         smeared_amplitude=cat("samp", float)[order], fluence=cat("flu", float)[order],
         significance=cat("sig", float)[order], false_alarm=cat("fap", float)[order],
-        calibration=calib, durations=durations,
+        calibration=calib, durations=shape_dur,
     )

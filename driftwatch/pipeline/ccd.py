@@ -1,0 +1,301 @@
+"""Reduce one CCD of a drift exposure: read, run Science I and II, write products, summarise.
+
+``reduce_ccd(task) -> CcdSummary`` is what a worker runs. It never raises for bad data: a file
+that cannot be read, a CCD without stars or a failed stage gives ``ok=False`` with a message
+naming the file, the CCD and the problem, and no product folder (products are written to a
+temporary folder and renamed into place only when complete). Each stage is timed.
+
+Stages: ``read`` (pixels, WCS, DQ) -> ``background`` -> ``detect`` (trails) -> ``sky`` ->
+``extract`` (light curves) -> ``normalise`` -> ``events`` -> ``classify`` (all sources, flash
+candidates) -> ``write`` (tables, WCS, provenance, PNGs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from driftwatch import __version__
+from driftwatch.errors import DriftwatchError, InputError
+from driftwatch.tasks import CandidateSummary, CcdSummary, CcdTask
+
+log = logging.getLogger(__name__)
+
+_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: FWHM (pixels) assumed when the header has none (DECam median seeing ~1.1" at 0.263"/px).
+DEFAULT_FWHM_PX = 4.5
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def pipeline_hash(pipeline: Any) -> str:
+    """Return the short hash of a PipelineConfig (same recipe as ``Config.pipeline_hash``)."""
+    import hashlib
+    import json
+
+    from driftwatch.config import _to_plain
+
+    blob = json.dumps(_to_plain(pipeline, True), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CcdResult:
+    """Everything computed for one CCD, in memory (what the products are written from)."""
+
+    summary_notes: tuple[str, ...]
+    tables: dict[str, dict[str, np.ndarray]]
+    candidates: tuple[CandidateSummary, ...]
+    wcs_header: Any
+    stamps: tuple[dict[str, Any], ...]
+    n_trails: int
+    n_matched: int
+
+
+def reduce_ccd(task: CcdTask) -> CcdSummary:
+    """Reduce one CCD and write its products; never raises for bad input.
+
+    Returns
+    -------
+    CcdSummary
+        ``ok`` with the product folder, counts, candidates and per-stage timings, or
+        ``ok=False`` with ``error`` and ``retryable`` (True only for transient trouble such as
+        a full disk).
+    """
+    timer = _Timer()
+    where = f"{task.image_path} [{task.ccd}]"
+    try:
+        result = _reduce(task, timer)
+        with timer.stage("write"):
+            product_dir, cands = _write(task, result)
+    except (InputError, DriftwatchError) as exc:
+        log.warning("%s: %s", where, exc)
+        return CcdSummary(ccd=task.ccd, ok=False, error=f"{where}: {exc}", retryable=False,
+                          timings=timer.timings, pipeline_version=__version__)
+    except OSError as exc:  # disk full, NFS hiccup: worth another try
+        log.warning("%s: %s", where, exc)
+        return CcdSummary(ccd=task.ccd, ok=False, error=f"{where}: {exc}", retryable=True,
+                          timings=timer.timings, pipeline_version=__version__)
+    except Exception as exc:  # noqa: BLE001 - bad data must not crash the caller
+        log.exception("%s: reduction failed", where)
+        return CcdSummary(ccd=task.ccd, ok=False,
+                          error=f"{where}: reduction failed: {type(exc).__name__}: {exc}",
+                          retryable=False, timings=timer.timings, pipeline_version=__version__)
+    return CcdSummary(ccd=task.ccd, ok=True, product_dir=product_dir, n_trails=result.n_trails,
+                      n_matched=result.n_matched, n_candidates=len(cands), candidates=cands,
+                      timings=timer.timings, notes=result.summary_notes,
+                      pipeline_version=__version__)
+
+
+def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
+    from driftwatch.io.decam import read_ccd, read_dq
+    from driftwatch.science.background import mask_from_dq, measure_background
+    from driftwatch.science.classify import classify_sources
+    from driftwatch.science.events import duration_grid, search_events
+    from driftwatch.science.geometry import drift_geometry
+    from driftwatch.science.normalise import normalise, select_references
+    from driftwatch.science.photometry import (
+        extract_light_curves, footprint_labels, measure_across_sigma,
+    )
+    from driftwatch.science.sky import local_sky
+    from driftwatch.science.trails import detect_trails
+
+    p = task.pipeline
+    notes: list[str] = []
+    with timer.stage("read"):
+        ccd = read_ccd(task.image_path, task.ccd)
+        dq = None
+        if task.dq_path:
+            dq = read_dq(task.dq_path, task.ccd)
+            if dq.shape != ccd.image.shape:
+                raise InputError(f"{task.dq_path} [{task.ccd}]: DQ shape {dq.shape} differs "
+                                 f"from the image's {ccd.image.shape}")
+        else:
+            notes.append("no DQ mask")
+        image = ccd.image
+        if not np.isfinite(image).any():
+            raise InputError(f"{task.image_path} [{task.ccd}]: no finite pixel")
+    with timer.stage("background"):
+        geom = drift_geometry(ccd.wcs, p.drift_rate_arcsec_s, ccd.exptime)
+        mask = mask_from_dq(dq, image, ccd.saturate)
+        sat_mask = image >= ccd.saturate
+        if dq is not None:
+            sat_mask |= (dq == 3) | (dq == 4)
+        bg = measure_background(image, mask)
+    fwhm = ccd.fwhm_px if ccd.fwhm_px and ccd.fwhm_px > 0 else DEFAULT_FWHM_PX
+    if not ccd.fwhm_px:
+        notes.append(f"no FWHM in the header: {DEFAULT_FWHM_PX} px assumed")
+    with timer.stage("detect"):
+        det = detect_trails(image, geom, bg, fwhm_px=fwhm, mask=mask, sat_mask=sat_mask,
+                            threshold_sigma=p.detect_threshold_sigma, gain=ccd.gain)
+    n = det.n
+    star_id = np.full(n, None, dtype=object)
+    mag = np.full(n, np.nan)
+    wcs = ccd.wcs
+    if task.catalogue_path is None:
+        notes.append("no reference catalogue: trails have no star IDs")
+    else:
+        notes.append("catalogue matching not available in this build: trails have no star IDs")
+    sigma0 = fwhm / _FWHM
+    with timer.stage("sky"):
+        radius = max(3.0 * sigma0, 2.0)
+        labels = footprint_labels(det.x0, det.y0, geom, radius, image.shape)
+        covered = labels[0] > 0
+        sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
+                        covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))
+        sky_level = np.where(np.isfinite(sky.level), sky.level, bg.back_at(det.xc, det.yc))
+    with timer.stage("extract"):
+        blended = ((labels[0][np.clip(np.rint(det.yc).astype(int), 0, image.shape[0] - 1),
+                              np.clip(np.rint(det.xc).astype(int), 0, image.shape[1] - 1)]
+                    != np.arange(1, n + 1)))
+        isolated = ~det.saturated & ~det.edge & ~blended
+        sigma = measure_across_sigma(image, det.x0, det.y0, geom, sky_level, guess=sigma0,
+                                     use=isolated)
+        lc = extract_light_curves(image, det.x0, det.y0, geom, sigma=sigma, sky=sky_level,
+                                  gain=ccd.gain, read_noise=ccd.read_noise,
+                                  saturate=ccd.saturate, dq=dq, labels=labels)
+    with timer.stage("normalise"):
+        refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge
+        nm = normalise(lc.flux, lc.err, lc.good, refs)
+        if nm.is_reference.sum() < 3:
+            notes.append(f"only {int(nm.is_reference.sum())} reference stars: not normalised")
+    with timer.stage("events"):
+        searchable = (nm.baseline > 0) & ~det.saturated
+        ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
+                           smear_sigma_s=sigma * geom.seconds_per_px,
+                           durations=duration_grid(p.event_min_duration_s,
+                                                   p.event_max_duration_s),
+                           threshold=p.event_threshold_sigma, chi=nm.chi,
+                           searchable=searchable)
+    with timer.stage("classify"):
+        data = image - bg.full_back()
+        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4, 8))
+        src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma,
+                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
+        del data
+
+    # --- tables -------------------------------------------------------------------------
+    trail_ids = np.array([f"{ccd.expnum}-{task.ccd}-{i:04d}" for i in range(n)], dtype=object)
+    ra0, dec0 = (wcs.all_pix2world(det.x0, det.y0, 0) if n else (np.zeros(0), np.zeros(0)))
+    trails = {
+        "trail_id": trail_ids, "star_id": star_id, "class": np.full(n, "trail", dtype=object),
+        "x0": det.x0, "y0": det.y0, "xc": det.xc, "yc": det.yc, "ra0": ra0, "dec0": dec0,
+        "snr": det.snr.astype(float), "flux": det.flux.astype(float),
+        "flux_err": det.flux_err.astype(float), "saturated": det.saturated, "edge": det.edge,
+        "sky": sky_level, "sky_sigma": sky.sigma, "baseline": nm.baseline,
+        "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
+        "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
+    }
+    m = lc.shape[1]
+    t = lc.t
+    lightcurves = {
+        "trail_id": np.repeat(trail_ids, m), "star_id": np.repeat(star_id, m),
+        "sample": np.tile(np.arange(m, dtype=np.int32), n),
+        "t_s": t.ravel(), "mjd": ccd.mjd_obs + t.ravel() / 86400.0,
+        "x": lc.x.ravel(), "y": lc.y.ravel(),
+        "flux": lc.flux.ravel(), "flux_err": lc.err.ravel(),
+        "norm_flux": nm.flux.ravel(), "norm_flux_err": nm.err.ravel(),
+        "flags": (lc.flags | nm.flags).ravel(), "good": nm.good.ravel(),
+    }
+    cands: list[CandidateSummary] = []
+    stamps: list[dict[str, Any]] = []
+    for k in range(len(ev)):
+        i = int(ev.star[k])
+        s = int(ev.sample[k])
+        x, y = float(lc.x[i, s]), float(lc.y[i, s])
+        ra, dec = (float(v) for v in wcs.all_pix2world([x], [y], 0))
+        cands.append(CandidateSummary(
+            kind=str(ev.kind[k]), star_id=star_id[i], ra=ra, dec=dec, x=x, y=y,
+            t_peak_s=float(ev.t_peak_s[k]), duration_s=float(ev.duration_s[k]),
+            amplitude=float(ev.amplitude[k]), significance=float(ev.significance[k]),
+            mag=None if not np.isfinite(mag[i]) else float(mag[i])))
+        stamps.append({"trail": i, "k": k})
+    points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma))
+    for j in points:
+        ra, dec = (float(v) for v in wcs.all_pix2world([src.x[j]], [src.y[j]], 0))
+        cands.append(CandidateSummary(
+            kind="flash", star_id=None, ra=ra, dec=dec, x=float(src.x[j]), y=float(src.y[j]),
+            t_peak_s=float("nan"), duration_s=0.0, amplitude=float(src.psf_flux[j]),
+            significance=float(src.snr[j])))
+        stamps.append({"source": int(j)})
+    candidates = {
+        "kind": np.array([c.kind for c in cands], dtype=object),
+        "star_id": np.array([c.star_id for c in cands], dtype=object),
+        "trail_id": np.array([trail_ids[s["trail"]] if "trail" in s else None for s in stamps],
+                             dtype=object),
+        "ra": np.array([c.ra for c in cands], float), "dec": np.array([c.dec for c in cands], float),
+        "x": np.array([c.x for c in cands], float), "y": np.array([c.y for c in cands], float),
+        "t_peak_s": np.array([c.t_peak_s for c in cands], float),
+        "mjd_peak": ccd.mjd_obs + np.array([c.t_peak_s for c in cands], float) / 86400.0,
+        "duration_s": np.array([c.duration_s for c in cands], float),
+        "amplitude": np.array([c.amplitude for c in cands], float),
+        "significance": np.array([c.significance for c in cands], float),
+        "fluence": np.concatenate([ev.fluence, np.full(points.size, np.nan)]),
+        "smeared_amplitude": np.concatenate([ev.smeared_amplitude, np.full(points.size, np.nan)]),
+        "false_alarm": np.concatenate([ev.false_alarm, np.full(points.size, np.nan)]),
+    }
+    sources = {"x": src.x, "y": src.y, "a": src.a, "b": src.b, "theta": src.theta,
+               "length": src.length, "npix": src.npix, "flux": src.flux, "snr": src.snr,
+               "class": src.cls.astype(object),
+               "trail_id": np.array([trail_ids[i] if i >= 0 else None for i in src.trail],
+                                    dtype=object)}
+    hdr = wcs.to_header(relax=True)
+    stamp_data = []
+    if task.alerts_enabled and p.stamps:
+        for c, s in zip(cands, stamps):
+            h = int(np.ceil(geom.length_px / 2 + 3 * fwhm))
+            xi, yi = int(round(c.x)), int(round(c.y))
+            sl = (slice(max(yi - h, 0), yi + h + 1), slice(max(xi - h, 0), xi + h + 1))
+            entry = {"stamp": np.array(image[sl], dtype=np.float32), "cand": c}
+            if "trail" in s:
+                i = s["trail"]
+                entry.update(t=lc.t[i], flux=nm.flux[i], err=nm.err[i])
+            stamp_data.append(entry)
+    return CcdResult(summary_notes=tuple(notes),
+                     tables={"trails": trails, "lightcurves": lightcurves,
+                             "candidates": candidates, "sources": sources},
+                     candidates=tuple(cands), wcs_header=hdr, stamps=tuple(stamp_data),
+                     n_trails=n, n_matched=int(sum(v is not None for v in star_id)))
+
+
+def _write(task: CcdTask, result: CcdResult) -> tuple[str, tuple[CandidateSummary, ...]]:
+    from dataclasses import replace
+
+    from driftwatch.io.products import candidate_png, product_writer
+
+    provenance = {
+        "pipeline_version": __version__, "config_hash": pipeline_hash(task.pipeline),
+        "input_path": task.image_path, "input_checksum": task.input_checksum,
+        "dq_path": task.dq_path, "catalogue_path": task.catalogue_path,
+        "expnum": task.expnum, "ccd": task.ccd, "notes": list(result.summary_notes),
+    }
+    cands = list(result.candidates)
+    with product_writer(task.out_dir, task.ccd, provenance) as w:
+        for name, cols in result.tables.items():
+            w.table(name, cols)
+        w.header("wcs", result.wcs_header)
+        for k, entry in enumerate(result.stamps):
+            c = entry["cand"]
+            rel = f"stamps/{task.expnum}-{task.ccd}-{k:03d}-{c.kind}.png"
+            t = entry.get("t", np.zeros(0))
+            candidate_png(w.path(rel), entry["stamp"], t, entry.get("flux", np.zeros(0)),
+                          entry.get("err", np.zeros(0)), c.t_peak_s, c.duration_s,
+                          f"{task.expnum} {task.ccd} {c.kind} {c.significance:.1f} sigma")
+            cands[k] = replace(c, stamp_path=str(w.final_path(rel)))
+    return str(w.final), tuple(cands)
