@@ -128,10 +128,45 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or utcnow())).total_seconds())
 
 
+class _RedactWebhooks(logging.Filter):
+    """Scrub webhook URLs from urllib3's own debug lines ("POST /services/... 200").
+
+    The command line keeps urllib3 at WARNING, but a host application or a test may turn it up
+    to DEBUG; this filter keeps the URL out of the log even then. It only rewrites messages.
+    """
+
+    LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = msg
+        for url in self.urls:
+            clean = scrub(clean, url)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+    def protect(self, url: str) -> None:
+        if url not in self.urls:
+            self.urls.add(url)
+            for name in self.LOGGERS:
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+
+_REDACT = _RedactWebhooks()
+
+
 def post_webhook(webhook: Secret, payload: dict[str, Any], *, timeout_s: float = 10.0,
                  http: requests.Session | None = None) -> DeliveryResult:
     """POST ``payload`` as JSON to the webhook; never raises for HTTP or network trouble."""
     url = webhook.reveal()
+    _REDACT.protect(url)
     body = json.dumps(payload, ensure_ascii=False).encode()
     try:
         response = (http or requests).post(
@@ -220,17 +255,21 @@ class AlertSender:
         Current UTC time (aware) for the database times.
     idle_poll_s:
         How often the thread looks for new rows when nobody calls :meth:`wake`.
+    outage_report_min_s:
+        An outage shorter than this (a single 5xx, a blip) is logged but not announced in Slack.
     """
 
     def __init__(self, config: Config, session_scope: SessionScope | Any, *,
                  clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = utcnow, idle_poll_s: float = 1.0) -> None:
+                 now: Callable[[], datetime] = utcnow, idle_poll_s: float = 1.0,
+                 outage_report_min_s: float = 30.0) -> None:
         self.config = config
         self.alerts = config.alerts
         self._scope: SessionScope = getattr(session_scope, "session_scope", session_scope)
         self._clock = clock
         self._now = now
         self.idle_poll_s = idle_poll_s
+        self.outage_report_min_s = outage_report_min_s
         self._routes: dict[str, _Route] = {}
         self._http = requests.Session()
         self._stop = threading.Event()
@@ -453,9 +492,10 @@ class AlertSender:
 
     def _report_restored(self, name: str, route: _Route) -> None:
         assert route.outage_since is not None and route.restored_at is not None
-        with self._scope() as session:
-            outbox.queue_outage_restored(session, self.config, name, route.outage_since,
-                                         route.restored_at, route.n_late, route.outage_error)
+        if (route.restored_at - route.outage_since).total_seconds() >= self.outage_report_min_s:
+            with self._scope() as session:
+                outbox.queue_outage_restored(session, self.config, name, route.outage_since,
+                                             route.restored_at, route.n_late, route.outage_error)
         log.warning("Slack route %r: restored at %s after an outage since %s; %d message(s) "
                     "delivered late", name, route.restored_at.isoformat(timespec="seconds"),
                     route.outage_since.isoformat(timespec="seconds"), route.n_late)
