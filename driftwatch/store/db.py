@@ -95,8 +95,24 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Create or upgrade the schema to ``revision`` (default: the newest migration)."""
     try:
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), revision)
+        with engine.connect() as conn:
+            sqlite = engine.dialect.name == "sqlite"
+            if sqlite:
+                # A batch migration copies a table and drops the old one: with foreign keys on,
+                # ON DELETE CASCADE would empty the child tables. The pragma only takes effect
+                # outside a transaction, so it is set on the driver connection first.
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+            try:
+                with conn.begin():
+                    command.upgrade(alembic_config(conn), revision)
+                    if sqlite:
+                        bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if bad:
+                            raise StoreError(f"{engine.url!r}: migration left broken "
+                                             f"foreign keys: {bad[:5]}")
+            finally:
+                if sqlite:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
     except OperationalError as exc:
         raise StoreError(f"{engine.url!r}: cannot migrate the database: {exc.orig}") from None
 

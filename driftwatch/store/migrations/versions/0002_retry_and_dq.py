@@ -18,12 +18,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("ccd_jobs") as batch:
-        batch.add_column(sa.Column("next_attempt_at", sa.DateTime()))
-        batch.add_column(sa.Column("config_hash", sa.String(32)))
-    with op.batch_alter_table("exposures") as batch:
-        batch.add_column(sa.Column("dq_missing", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
+    # Plain ADD COLUMN (SQLite supports it): no table copy, rows and foreign keys untouched.
+    op.add_column("ccd_jobs", sa.Column("next_attempt_at", sa.DateTime()))
+    op.add_column("ccd_jobs", sa.Column("config_hash", sa.String(32)))
+    op.add_column("exposures", sa.Column("dq_missing", sa.Boolean(), nullable=False,
+                                         server_default=sa.false()))
 
 
 def downgrade() -> None:
