@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
+SEND_TIMEOUT_S = 0.5
+
 
 def _address(value: str) -> str | bytes:
     return b"\0" + value[1:].encode() if value.startswith("@") else value
@@ -51,6 +53,8 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # A reader that does not keep up (a full datagram queue) must not stall the loop.
+                self._sock.settimeout(SEND_TIMEOUT_S)
             self._sock.sendto("\n".join(lines).encode(), self._address)
         except OSError as exc:
             # systemd went away or the socket is wrong: losing a notification must not stop the

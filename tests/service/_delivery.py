@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,7 +89,8 @@ def _write_chunks(path: Path, data: bytes, chunks: int, pause_s: float) -> None:
 
 def write_config(tmp: Path, *, observer: str = "inotify", settle_s: float = 0.3,
                  complete_timeout_s: float = 2.0, rescan_s: float = 2.0,
-                 grace_s: float = 10.0, workers: int = 2, extra: str = "") -> Path:
+                 grace_s: float = 10.0, workers: int = 2, ccds: Sequence[str] = CCDS,
+                 extra: str = "") -> Path:
     """Write a daemon config for a test folder layout under ``tmp``; return its path."""
     for d in ("incoming", "products", "state"):
         (tmp / d).mkdir(exist_ok=True)
@@ -106,7 +108,7 @@ watch:
   rescan_interval_s: {rescan_s}
   dq_wait_s: 0
 pipeline:
-  ccds: [{", ".join(CCDS)}]
+  ccds: [{", ".join(ccds)}]
   skip_ccds: []
 workers:
   count: {workers}
@@ -122,7 +124,10 @@ logging:
 
 
 class NotifyListener:
-    """A unix datagram socket standing in for systemd's notification socket."""
+    """A unix datagram socket standing in for systemd's notification socket.
+
+    Like systemd, it reads all the time (a thread), so the sender never finds the queue full.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -130,13 +135,26 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.sock.recv(65536).decode()
+            except (TimeoutError, socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(msg)
 
     def collect(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except (TimeoutError, socket.timeout, BlockingIOError):
-                return self.messages
+        time.sleep(0.05)
+        with self._lock:
+            return list(self.messages)
 
     def wait_for(self, line: str, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -146,6 +164,8 @@ class NotifyListener:
         return False
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
         self.sock.close()
 
 
@@ -154,8 +174,9 @@ class Daemon:
 
     def __init__(self, config: Path, log: Path, *, notify: Path | None = None,
                  watchdog_usec: int | None = None, once: bool = False,
-                 extra_args: Iterable[str] = ()) -> None:
+                 extra_args: Iterable[str] = (), task_sleep_s: float = 0.05) -> None:
         env = dict(os.environ)
+        env["DRIFTWATCH_STANDIN_SLEEP"] = str(task_sleep_s)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)

@@ -68,3 +68,15 @@ def test_a_vanished_socket_does_not_raise(tmp_path):
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     assert n.ready() is False
     n.close()
+
+
+def test_a_reader_that_does_not_keep_up_never_stalls_the_sender(listener):
+    import time
+
+    _, path = listener  # bound, never read: the datagram queue fills up
+    n = Notifier({"NOTIFY_SOCKET": path})
+    t0 = time.monotonic()
+    results = [n.status(f"message {i}") for i in range(14)]
+    n.close()
+    assert results[0] and not results[-1]       # later ones are dropped, not waited for
+    assert time.monotonic() - t0 < 14 * 0.5 + 1

@@ -1,0 +1,210 @@
+"""The real daemon (``python -m driftwatch.cli run``) in a subprocess, fed like the transfer system.
+
+Each test starts the daemon on a temporary folder, delivers small RICE-compressed DECam-like
+files (rsync-style temp name then rename, scp-style in place in chunks, truncated, corrupt,
+with a missing CCD) and checks, from the stand-in's append-only run log and the database, that
+every complete exposure was reduced exactly once and nothing else was.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.service._delivery import (
+    CCDS, Daemon, NotifyListener, db_rows, deliver_inplace, deliver_rename, exposure_bytes,
+    exposure_name, kill_tree, reductions, wait_until, write_config,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def daemons():
+    """Start daemons through this; whatever is still alive at the end is killed."""
+    started: list[Daemon] = []
+
+    def _start(*args, **kwargs) -> Daemon:
+        d = Daemon(*args, **kwargs)
+        started.append(d)
+        return d
+
+    yield _start
+    for d in started:
+        if d.alive():
+            kill_tree(d.pid)
+        d.kill()
+
+
+def _counts(products: Path) -> collections.Counter:
+    return collections.Counter(reductions(products))
+
+
+def _expect(expnums, ccds=CCDS) -> collections.Counter:
+    return collections.Counter(f"{e} {c}" for e in expnums for c in ccds)
+
+
+def _job_states(state: Path) -> dict[str, int]:
+    return dict(db_rows(state, "select state, count(*) from ccd_jobs group by state"))
+
+
+def test_a_night_delivered_every_way(tmp_path, daemons):
+    """Files before start-up, renamed, written in place, truncated, corrupt, missing a CCD."""
+    cfg = write_config(tmp_path, complete_timeout_s=2.0, rescan_s=1.0)
+    inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
+    night = inc / "20261120"
+    night.mkdir()
+    for e in (1, 2):                                               # present before start-up
+        deliver_rename(night, exposure_name(e), exposure_bytes(e))
+    listener = NotifyListener(tmp_path / "notify.sock")
+    d = daemons(cfg, tmp_path / "daemon.log", notify=listener.path, watchdog_usec=400_000)
+    try:
+        assert listener.wait_for("READY=1", 30), d.text()
+        for e in (3, 4):                                           # rsync: temp name, rename
+            deliver_rename(night, exposure_name(e), exposure_bytes(e), chunks=5, pause_s=0.05)
+        deliver_inplace(night, exposure_name(5), exposure_bytes(5),  # scp: in place, slowly
+                        chunks=6, pause_s=0.1)
+        whole = exposure_bytes(6)
+        deliver_inplace(night, exposure_name(6), whole, upto=len(whole) - 2880)  # never ends
+        bad = bytearray(exposure_bytes(7))
+        bad[-3000] ^= 0x55                                         # a flipped bit: corrupt
+        deliver_rename(night, exposure_name(7), bytes(bad))
+        deliver_rename(night, exposure_name(8),                    # NEXTEND=4, 3 CCDs present
+                       exposure_bytes(8, ccds=CCDS[:3], nextend=4))
+        deliver_rename(night, exposure_name(9),                    # a CCD absent, consistently
+                       exposure_bytes(9, ccds=CCDS[:3]))
+        d.signal(signal.SIGHUP)                                    # reload mid-night
+        want = _expect((1, 2, 3, 4, 5)) + _expect((9,), CCDS[:3])
+        assert wait_until(lambda: _counts(products) == want, 40), (_counts(products), d.text())
+        # The stuck files are reported once each, then left alone by the next scans.
+        assert wait_until(lambda: d.text().count("not complete after") >= 2, 20), d.text()
+        time.sleep(2.5)                                            # two more rescans
+        assert d.alive()
+        assert listener.wait_for("WATCHDOG=1", 5)
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0
+    finally:
+        listener.collect()
+        listener.close()
+    log = d.text()
+    assert _counts(products) == want                               # exactly once, nothing else
+    assert log.count("not complete after") == 2, log
+    assert f"{exposure_name(6)}: not complete" in log and f"{exposure_name(8)}: not complete" in log
+    assert "3 of NEXTEND=4 extensions present" in log
+    assert "configuration reloaded" in log
+    rows = dict(db_rows(state, "select path, state from exposures"))
+    assert rows[str((night / exposure_name(7)).resolve())] == "failed"
+    assert str((night / exposure_name(6)).resolve()) not in rows
+    skipped = db_rows(state, "select e.expnum, j.ccd, j.reason from ccd_jobs j join exposures e "
+                             "on e.id = j.exposure_id where j.state = 'skipped'")
+    assert [(e, c) for e, c, _ in skipped] == [(9, "S4")]
+    assert _job_states(state) == {"done": 23, "skipped": 1}
+    lines = [m for msg in listener.messages for m in msg.split("\n")]
+    assert lines[0] == "STATUS=starting" and "READY=1" in lines and "STOPPING=1" in lines
+    assert lines.index("READY=1") < lines.index("WATCHDOG=1") < lines.index("STOPPING=1")
+    assert "RELOADING=1" in lines
+
+
+def test_sigterm_mid_night_restart_and_files_arriving_while_stopped(tmp_path, daemons):
+    cfg = write_config(tmp_path, grace_s=10.0)
+    inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
+    for e in range(1, 7):
+        deliver_rename(inc, exposure_name(e), exposure_bytes(e))
+    d = daemons(cfg, tmp_path / "daemon1.log", task_sleep_s=0.4)
+    assert wait_until(lambda: len(reductions(products)) >= 4, 40), d.text()
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait(15) == 0
+    stop_s = time.monotonic() - t0
+    assert stop_s < 10.0                                           # within the grace period
+    states = _job_states(state)
+    assert "running" not in states and states.get("queued", 0) > 0, states
+    done_first = len(reductions(products))
+    assert states["done"] == done_first                            # no CCD lost or unrecorded
+    for e in (7, 8):                                               # arrive while it is down
+        deliver_rename(inc, exposure_name(e), exposure_bytes(e))
+    d2 = daemons(cfg, tmp_path / "daemon2.log", task_sleep_s=0.05)
+    want = _expect(range(1, 9))
+    assert wait_until(lambda: _counts(products) == want, 60), (_counts(products), d2.text())
+    assert wait_until(lambda: _job_states(state) == {"done": 32}, 10), _job_states(state)
+    d2.signal(signal.SIGTERM)
+    assert d2.wait(15) == 0
+    assert _counts(products) == want                               # each CCD exactly once
+
+
+def test_second_signal_exits_at_once_and_nothing_is_lost(tmp_path, daemons):
+    cfg = write_config(tmp_path, grace_s=60.0)
+    inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
+    for e in (1, 2):
+        deliver_rename(inc, exposure_name(e), exposure_bytes(e))
+    d = daemons(cfg, tmp_path / "daemon1.log", task_sleep_s=5.0)
+    assert wait_until(lambda: _job_states(state).get("running", 0) == 2, 30), d.text()
+    d.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert d.alive()                                               # draining: within grace
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait(10) == 0
+    assert time.monotonic() - t0 < 3.0                             # at once, not after 5 s
+    assert _job_states(state) == {"queued": 8}                     # consistent: none running
+    assert reductions(products) == []
+    d2 = daemons(cfg, tmp_path / "daemon2.log", task_sleep_s=0.02, once=True)
+    assert d2.wait(60) == 0, d2.text()
+    assert _counts(products) == _expect((1, 2))
+
+
+def test_200_files_at_once_with_the_polling_observer(tmp_path, daemons):
+    cfg = write_config(tmp_path, observer="polling", ccds=("S1",), rescan_s=600.0)
+    inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    data = {e: exposure_bytes(e, ccds=("S1",), size=8) for e in range(1, 201)}
+    for e, blob in data.items():
+        (staging / f".{exposure_name(e)}.tmp").write_bytes(blob)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    d = daemons(cfg, tmp_path / "daemon.log", notify=listener.path, task_sleep_s=0.0)
+    try:
+        assert listener.wait_for("READY=1", 30), d.text()
+        for e in data:                                             # all land at once
+            shutil.move(staging / f".{exposure_name(e)}.tmp", inc / exposure_name(e))
+        want = _expect(range(1, 201), ("S1",))
+        assert wait_until(lambda: _counts(products) == want, 90), d.text()[-3000:]
+        assert d.alive()
+        d.signal(signal.SIGTERM)
+        assert d.wait(20) == 0
+    finally:
+        listener.close()
+    assert _counts(products) == want
+    assert "polling observer" in d.text()
+
+
+def test_bad_config_exits_2(tmp_path):
+    cfg = write_config(tmp_path)
+    shutil.rmtree(tmp_path / "incoming")
+    proc = subprocess.run([".venv/bin/python", "-m", "driftwatch.cli", "run", "--config",
+                           str(cfg)], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "paths.watch" in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_unit_file_passes_systemd_analyze_verify(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    unit = (repo / "systemd" / "driftwatch.service").read_text()
+    # verify checks that ExecStart exists: point it at this checkout's entry point.
+    unit = unit.replace("/opt/driftwatch/.venv/bin/driftwatch", str(repo / ".venv/bin/driftwatch"))
+    (tmp_path / "driftwatch.service").write_text(unit)
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "driftwatch.service")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "driftwatch.service" not in proc.stderr, proc.stderr
+    for key in ("Type=notify", "WatchdogSec=", "NotifyAccess=main", "KillMode=mixed",
+                "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                "LoadCredential=slack-webhook:", "User=driftwatch"):
+        assert key in unit
