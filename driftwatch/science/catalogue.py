@@ -20,7 +20,8 @@ where a header has no MAGZPT the instrumental zero point :data:`FALLBACK_ZP` is 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
 
 import numpy as np
 import sep
@@ -143,7 +144,7 @@ class Catalogue:
     saturated: np.ndarray
     reference: np.ndarray
     field: str = ""
-    zp_source: dict[str, str] = field(default_factory=dict)
+    zp_source: dict[str, str] = dc_field(default_factory=dict)
 
     @property
     def n(self) -> int:
