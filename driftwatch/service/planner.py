@@ -301,6 +301,9 @@ def plan_file(session: Session, path: str | os.PathLike[str], info, cfg: Config,
     existing = {j.ccd: j for j in exp.jobs if j.kind == KIND_CCD}
     for plan in ccd_plan(cfg.pipeline, info.ccds, ccds):
         job = existing.get(plan.ccd)
+        if job is not None and plan.skip_reason is not None and job.state == SKIPPED:
+            result.unchanged += 1
+            continue
         decision = jobstate.should_process(job, checksum, version, cfg.workers.max_attempts,
                                            force=force, retry_failed=retry_failed)
         if job is None:

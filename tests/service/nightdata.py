@@ -96,6 +96,7 @@ def make_config(root: Path, **kw) -> Config:
     """Write driftwatch.yaml under ``root`` and return it validated."""
     import yaml
 
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "driftwatch.yaml"
     path.write_text(config_text(root, **kw))
     return config_from_dict(yaml.safe_load(path.read_text()), base=root, source=path, environ={})

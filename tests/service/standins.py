@@ -94,3 +94,15 @@ def build_catalogue(task: CatalogueTask) -> CatalogueSummary:
     _write_atomic(table, Path(task.out_path))
     return CatalogueSummary(ok=True, out_path=task.out_path, n_stars=len(idx),
                             pipeline_version="standin")
+
+
+def candidate_reduce_ccd(task: CcdTask) -> CcdSummary:
+    """:func:`reduce_ccd` plus one made-up candidate per CCD (to exercise the alert hooks)."""
+    from dataclasses import replace
+
+    from driftwatch.tasks import CandidateSummary
+
+    summary = reduce_ccd(task)
+    cand = CandidateSummary(kind="flash", star_id=None, ra=150.0, dec=-30.0, x=1.0, y=2.0,
+                            t_peak_s=3.0, duration_s=0.5, amplitude=0.4, significance=9.0)
+    return replace(summary, n_candidates=1, candidates=(cand,))
