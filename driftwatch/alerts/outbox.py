@@ -15,6 +15,8 @@ States of ``alerts.state``:
     Slack answered 200 (``sent_at``).
 ``failed``
     given up: a 4xx other than 429, or ``alerts.max_attempts`` server errors (``last_error``).
+    ``attempts`` counts the tries that got an HTTP answer other than 429: an unreachable server
+    (connection refused, timeout) never uses them up, so an outage does not fail messages.
     ``driftwatch alerts retry`` puts failed rows back to pending.
 ``dry_run``
     ``alerts.dry_run``: the JSON went to the log and to ``<products>/alerts-dry-run/``, not to Slack.

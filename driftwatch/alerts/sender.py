@@ -319,6 +319,14 @@ class AlertSender:
             self._http.close()
         return ended
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration (SIGHUP): rates, routes, webhooks, dry-run."""
+        self.config = config
+        self.alerts = config.alerts
+        for route in list(self._routes.values()):  # keep outage state, take the new rate
+            route.bucket = TokenBucket(config.alerts.rate_per_s, config.alerts.burst, self._clock)
+            route.missing_logged = False
+
     def wake(self) -> None:
         """Look at the outbox now (call after queueing)."""
         self._wake.set()
@@ -435,7 +443,8 @@ class AlertSender:
         if outcome == UNREACHABLE:
             route.failures += 1
             route.last_error = result.error
-            attempts = head.attempts + 1
+            # Only answered tries count towards giving up: an outage must not use them up.
+            attempts = head.attempts + (result.status is not None)
             if result.status is not None and attempts >= self.alerts.max_attempts:
                 self._update(head.id, state=outbox.FAILED_STATE, attempts=attempts,
                              last_error=result.error, next_attempt_at=None)

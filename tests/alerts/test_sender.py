@@ -184,3 +184,23 @@ def test_scrub_and_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert parse_retry_after("soon") is None
+
+
+def test_outage_does_not_use_up_attempts(tmp_path, store, httpserver):
+    """Connection refused many times, then a 500: the message is still retried, then sent."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}{SECRET_PATH}"
+    cfg = make_config(tmp_path, dead, max_attempts=2, retry_backoff_s=0.01,
+                      retry_max_backoff_s=0.02)
+    _queue(store, cfg, 1)
+    sender = AlertSender(cfg, store)
+    for _ in range(5):
+        sender.deliver_pending_once()
+        time.sleep(0.03)
+    assert _states(store)[0][1:3] == ("pending", 0)
+    script = _serve(httpserver, Response("boom", 500))
+    sender.reconfigure(make_config(tmp_path, httpserver.url_for(SECRET_PATH), max_attempts=2,
+                                   retry_backoff_s=0.01, retry_max_backoff_s=0.02))
+    assert sender.run_until_idle(5) == 0
+    assert _states(store)[0][1:3] == ("sent", 2) and len(script.times) == 2
