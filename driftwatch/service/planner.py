@@ -101,7 +101,10 @@ def validate_night(night: str) -> str:
     """Return ``night`` if it is a real YYYY-MM-DD date; raise ValueError otherwise."""
     if not NIGHT_RE.fullmatch(night):
         raise ValueError(f"night {night!r} is not YYYY-MM-DD")
-    datetime.strptime(night, "%Y-%m-%d")  # raises for 2026-02-31
+    try:
+        datetime.strptime(night, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"night {night!r} is not YYYY-MM-DD (no such date)") from None
     return night
 
 
