@@ -51,6 +51,8 @@ DEFAULT_CCD_TASK = "driftwatch.pipeline.ccd:reduce_ccd"
 IDLE_TICK_S = 1.0
 BUSY_TICK_S = 0.05
 STATUS_EVERY_S = 10.0
+#: On a clean stop, how long the Slack sender may take to deliver what is queued.
+ALERTS_FLUSH_S = 3.0
 
 
 class _Abort(BaseException):
@@ -204,7 +206,8 @@ class Daemon:
             self._reconcile()
         self._handle(self.gate.poll())
         # Record what finished first, so that freed workers get new jobs in this same turn.
-        self.dispatcher.collect(timeout=0)
+        if self.dispatcher.collect(timeout=0) and self.alerts is not None:
+            self.alerts.wake()  # candidates of a finished exposure may be queued
         self.dispatcher.submit_ready()
         self._health()
 
@@ -319,6 +322,7 @@ class Daemon:
         if time.monotonic() >= self._next_status:
             self._next_status = time.monotonic() + STATUS_EVERY_S
             self.notifier.status(self._status_text())
+            self._ops(lambda s: outbox().queue_nightly_summary_if_due(s, self.cfg))
 
     def _status_text(self) -> str:
         if self.store is None:
@@ -359,6 +363,8 @@ class Daemon:
             self._next_scan = 0.0
         if self.dispatcher is not None:
             self.dispatcher.cfg = new
+        if self.alerts is not None:
+            self.alerts.reconfigure(new)
         log.info("SIGHUP: configuration reloaded from %s", source)
         self.notifier.ready(self._status_text())
 
@@ -385,11 +391,25 @@ class Daemon:
             s, self.cfg, reason="stopped" if grace else "stopped at once (second signal)"))
         if self.alerts is not None:
             try:
-                self.alerts.stop()
+                if grace:
+                    # Give the sender a moment to deliver what is queued (the 'stopped'
+                    # message); anything left is sent by the next start, from the outbox.
+                    self._wait_outbox_empty(ALERTS_FLUSH_S)
+                self.alerts.stop(timeout=5.0)
             except Exception:
                 log.exception("stopping the alert sender")
+            self.alerts = None
         if self.store is not None:
             self.store.dispose()
+
+    def _wait_outbox_empty(self, timeout_s: float) -> None:
+        assert self.store is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.store.session_scope() as s:
+                if not outbox().state_counts(s).get(outbox().PENDING, 0):
+                    return
+            time.sleep(0.05)
 
     def _ops(self, queue: Callable[[Any], Any]) -> None:
         """Queue one operations message through the alerts outbox (de-duplicated there)."""
@@ -400,6 +420,9 @@ class Daemon:
                 queue(s)
         except Exception:  # a message must never take the daemon down
             log.exception("cannot queue an operations message")
+            return
+        if self.alerts is not None:
+            self.alerts.wake()
 
     def _on_exposure_done(self, session: Any, exposure: Exposure) -> None:
         """Dispatcher hook, inside its transaction: the exposure's candidates and failures."""
@@ -436,16 +459,17 @@ def _size(path: Path) -> int | None:
 
 
 def _start_alerts(cfg: Config, store: Any) -> Any:
-    """Start the alerts engineer's sender thread when that module exists."""
+    """Start the Slack sender thread (messages stay in the outbox if it cannot start)."""
     if not cfg.alerts.enabled:
         return None
-    try:
-        from driftwatch.alerts.sender import AlertSender  # type: ignore[import-not-found]
-    except ImportError:
-        log.info("alerts: no sender module yet; messages stay in the outbox")
-        return None
+    from driftwatch.alerts.sender import AlertSender
+
     sender = AlertSender(cfg, store)
-    sender.start()
+    try:
+        sender.start()
+    except DriftwatchError as exc:  # another sender holds the lock (a manual 'alerts send')
+        log.warning("alerts: the sender did not start (%s); messages wait in the outbox", exc)
+        return None
     return sender
 
 

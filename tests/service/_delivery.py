@@ -90,7 +90,7 @@ def _write_chunks(path: Path, data: bytes, chunks: int, pause_s: float) -> None:
 def write_config(tmp: Path, *, observer: str = "inotify", settle_s: float = 0.3,
                  complete_timeout_s: float = 2.0, rescan_s: float = 2.0,
                  grace_s: float = 10.0, workers: int = 2, ccds: Sequence[str] = CCDS,
-                 extra: str = "") -> Path:
+                 alerts: bool = False, extra: str = "") -> Path:
     """Write a daemon config for a test folder layout under ``tmp``; return its path."""
     for d in ("incoming", "products", "state"):
         (tmp / d).mkdir(exist_ok=True)
@@ -116,7 +116,9 @@ workers:
   retry_backoff_s: 0
   grace_period_s: {grace_s}
 alerts:
-  enabled: false
+  enabled: {"true" if alerts else "false"}
+  rate_per_s: 10
+  burst: 10
 logging:
   level: INFO
 {extra}""")
@@ -174,8 +176,10 @@ class Daemon:
 
     def __init__(self, config: Path, log: Path, *, notify: Path | None = None,
                  watchdog_usec: int | None = None, once: bool = False,
-                 extra_args: Iterable[str] = (), task_sleep_s: float = 0.05) -> None:
+                 extra_args: Iterable[str] = (), task_sleep_s: float = 0.05,
+                 env_extra: dict[str, str] | None = None) -> None:
         env = dict(os.environ)
+        env.update(env_extra or {})
         env["DRIFTWATCH_STANDIN_SLEEP"] = str(task_sleep_s)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("NOTIFY_SOCKET", None)

@@ -9,6 +9,7 @@ every complete exposure was reduced exactly once and nothing else was.
 from __future__ import annotations
 
 import collections
+import json
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from driftwatch.alerts.standin import StandinServer
 
 from tests.service._delivery import (
     CCDS, Daemon, NotifyListener, db_rows, deliver_inplace, deliver_rename, exposure_bytes,
@@ -56,14 +59,16 @@ def _job_states(state: Path) -> dict[str, int]:
 
 def test_a_night_delivered_every_way(tmp_path, daemons):
     """Files before start-up, renamed, written in place, truncated, corrupt, missing a CCD."""
-    cfg = write_config(tmp_path, complete_timeout_s=2.0, rescan_s=1.0)
+    cfg = write_config(tmp_path, complete_timeout_s=2.0, rescan_s=1.0, alerts=True)
     inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
     night = inc / "20261120"
     night.mkdir()
     for e in (1, 2):                                               # present before start-up
         deliver_rename(night, exposure_name(e), exposure_bytes(e))
     listener = NotifyListener(tmp_path / "notify.sock")
-    d = daemons(cfg, tmp_path / "daemon.log", notify=listener.path, watchdog_usec=400_000)
+    slack = StandinServer().start()                                # a real HTTP server
+    d = daemons(cfg, tmp_path / "daemon.log", notify=listener.path, watchdog_usec=400_000,
+                env_extra={"DRIFTWATCH_SLACK_WEBHOOK": slack.url()})
     try:
         assert listener.wait_for("READY=1", 30), d.text()
         for e in (3, 4):                                           # rsync: temp name, rename
@@ -92,7 +97,12 @@ def test_a_night_delivered_every_way(tmp_path, daemons):
     finally:
         listener.collect()
         listener.close()
+        slack.stop()
     log = d.text()
+    sent = [json.dumps(m) for m in slack.received]
+    assert sum("never completed" in m for m in sent) == 2, sent    # one message per stuck file
+    assert sum(exposure_name(7) in m for m in sent) == 1, sent     # the corrupt file, once
+    assert any("started" in m for m in sent) and any("stopped" in m for m in sent), sent
     assert _counts(products) == want                               # exactly once, nothing else
     assert log.count("not complete after") == 2, log
     assert f"{exposure_name(6)}: not complete" in log and f"{exposure_name(8)}: not complete" in log
