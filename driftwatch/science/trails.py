@@ -47,9 +47,13 @@ __all__ = ["TrailDetections", "FilterMap", "detect_trails", "trail_filter_map",
            "trail_filter_reference", "trail_kernel"]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-#: Along-trail search range around the filter peak (pixels; at least half a trail length: the
-#: peak of a box correlated with a faint trail wanders along its flat top), and its grid step.
-_SHIFT_MIN_RANGE = 8.0
+#: Along-trail search range around the filter peak (pixels): the binned filter peak lies within
+#: +-2.5 px of the truth for S/N > 8 and wanders to ~+-8 px near the threshold; a wider range
+#: lets a bright neighbour along the same row pull the fit. Capped at half a trail length.
+_SHIFT_RANGE = 12.0
+#: A detection is compact (not a trail) when the light outside its brightest FWHM-wide
+#: stretch along the trail has a S/N below this.
+_COMPACT_REST_SNR = 3.0
 _SHIFT_STEP = 0.5
 
 
@@ -92,6 +96,8 @@ class TrailDetections:
         predicted it exactly); the S/N values are divided by ``max(1, noise_scale)``.
     method : str
         ``"separable"`` (trail along x) or ``"fft"`` (any other direction).
+    n_compact : int
+        Compact (non-trail) peaks found and, unless asked otherwise, left out.
     """
 
     x0: np.ndarray
@@ -111,6 +117,7 @@ class TrailDetections:
     threshold_sigma: float
     noise_scale: float
     method: str
+    n_compact: int = 0
 
     @property
     def n(self) -> int:
@@ -378,7 +385,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     half_len = geometry.length_px / 2.0
     sigma = _psf_sigma(fwhm_px)
     h_along = half_len + 1.5 * fwhm_px
-    shift_max = max(_SHIFT_MIN_RANGE, math.ceil(half_len))
+    shift_max = max(2.0, min(_SHIFT_RANGE, math.ceil(half_len)))
     amax = int(math.ceil(half_len + 3.0 * sigma + shift_max)) + 1
     cmax = int(math.ceil(1.5 * fwhm_px)) + 3
     a = np.arange(-amax, amax + 1, dtype=np.float64)
@@ -452,15 +459,29 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     m = fwhm_px
     edge = ((np.minimum(x0, x1) < m) | (np.maximum(x0, x1) > nx - 1 - m)
             | (np.minimum(y0, y1) < m) | (np.maximum(y0, y1) > ny - 1 - m))
+
+    # Compactness: is there a significant trail outside the brightest FWHM-wide stretch? A
+    # cosmic ray or an undrifted flash has nothing there; a trail with a short brightening has.
+    in_ap = np.abs(a[None, :] - ac[:, None]) <= h_along                  # (n, na)
+    q = np.where(in_ap, prof_a, 0.0)
+    wlen = max(1, int(round(fwhm_px)))
+    cs = np.concatenate([np.zeros((n, 1)), np.cumsum(q, axis=1)], axis=1)
+    run = cs[:, wlen:] - cs[:, :-wlen]
+    best = np.argmax(run, axis=1)
+    rest = cs[:, -1] - run[np.arange(n), best]
+    n_rest = np.maximum(in_ap.sum(axis=1) - wlen, 1)
+    sig_rest = rms * np.sqrt(np.sum(wc**2, axis=1) * n_rest)
+    compact = (rest / sig_rest < _COMPACT_REST_SNR) & ~saturated
     return dict(x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
                 flux_err=np.sqrt(var).astype(np.float32), saturated=saturated, masked=masked,
-                edge=edge)
+                edge=edge, compact=compact)
 
 
 def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Background, *,
                   fwhm_px: float, mask: np.ndarray | None = None,
                   sat_mask: np.ndarray | None = None, threshold_sigma: float = 5.0,
-                  gain: float | None = None, bin_x: int = 4) -> TrailDetections:
+                  gain: float | None = None, bin_x: int = 4,
+                  reject_compact: bool = True) -> TrailDetections:
     """Detect the star trails of one drift CCD.
 
     Parameters
@@ -483,6 +504,10 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
         e-/ADU, for the source Poisson term of ``flux_err``.
     bin_x : int
         Column binning of the separable filter.
+    reject_compact : bool
+        Drop detections with no significant light outside their brightest FWHM-wide stretch
+        (cosmic rays the DQ mask missed, undrifted flashes): these are not trails. Their number
+        is kept in ``n_compact``; classifying them is the job of ``science.classify``.
 
     Returns
     -------
@@ -521,6 +546,12 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
     xp, yp, psnr = xp[keep][order], yp[keep][order], psnr[keep][order]
     img = np.asarray(image)
     ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain)
-    return TrailDetections(snr=psnr.astype(np.float32), geometry=geometry, fwhm_px=float(fwhm_px),
+    compact = ref.pop("compact")
+    n_compact = int(np.count_nonzero(compact))
+    if n_compact and reject_compact:
+        keep = ~compact
+        ref = {k: v[keep] for k, v in ref.items()}
+        psnr = psnr[keep]
+    return TrailDetections(n_compact=n_compact, snr=psnr.astype(np.float32), geometry=geometry, fwhm_px=float(fwhm_px),
                            threshold_sigma=float(threshold_sigma), noise_scale=float(measured),
                            method=method, **ref)
