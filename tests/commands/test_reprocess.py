@@ -155,3 +155,19 @@ def test_kill_9_mid_night_then_rerun(night):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_operator_script_logs_to_a_file(night):
+    root, cfg = night
+    logs = root / "logs"
+    r = subprocess.run([str(REPO / "scripts" / "reprocess-night"), NIGHT, "--ccd", "S4"],
+                       env=env(DRIFTWATCH_CONFIG=str(cfg), DRIFTWATCH_LOG_DIR=str(logs)),
+                       cwd=root, capture_output=True, text=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    text = (logs / f"reprocess-{NIGHT}.log").read_text()
+    assert "jobs: " in text and "exit 0" in text
+    r = subprocess.run([str(REPO / "scripts" / "reprocess-night"), "bad-night"],
+                       env=env(DRIFTWATCH_CONFIG=str(cfg), DRIFTWATCH_LOG_DIR=str(logs)),
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "reprocess-bad-night.log" in r.stderr
