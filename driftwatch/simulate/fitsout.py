@@ -177,7 +177,7 @@ class FitsWriter:
         self.path = path
         self.compress = compress
         hdu = fits.PrimaryHDU(header=primary)
-        hdu.add_checksum()
+        hdu.add_checksum(when="checksum of this HDU")
         fits.HDUList([hdu]).writeto(path, overwrite=True)
 
     def add(self, data: np.ndarray, header: fits.Header) -> None:
@@ -192,6 +192,6 @@ class FitsWriter:
                 hdu = fits.CompImageHDU(data, header=header, name=name, compression_type="RICE_1")
             else:
                 hdu = fits.ImageHDU(data, header=header, name=name)
-            hdu.add_checksum()
+            hdu.add_checksum(when="checksum of this HDU")
             with fits.open(self.path, mode="append") as hl:
                 hl.append(hdu)
