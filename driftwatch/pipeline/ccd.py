@@ -111,7 +111,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
-        extract_light_curves, footprint_labels, measure_across_sigma,
+        extract_light_curves, footprint_labels, measure_profile,
     )
     from driftwatch.science.sky import local_sky
     from driftwatch.science.trails import detect_trails
@@ -165,9 +165,10 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                               np.clip(np.rint(det.xc).astype(int), 0, image.shape[1] - 1)]
                     != np.arange(1, n + 1)))
         isolated = ~det.saturated & ~det.edge & ~blended
-        sigma = measure_across_sigma(image, det.x0, det.y0, geom, sky_level, guess=sigma0,
-                                     use=isolated)
-        lc = extract_light_curves(image, det.x0, det.y0, geom, sigma=sigma, sky=sky_level,
+        profile = measure_profile(image, det.x0, det.y0, geom, sky_level, fwhm_guess=fwhm,
+                                  use=isolated)
+        sigma = profile.sigma
+        lc = extract_light_curves(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
                                   gain=ccd.gain, read_noise=ccd.read_noise,
                                   saturate=ccd.saturate, dq=dq, labels=labels)
     with timer.stage("normalise"):
@@ -215,24 +216,25 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     }
     cands: list[CandidateSummary] = []
     stamps: list[dict[str, Any]] = []
+    points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma))
+    cx = np.concatenate([lc.x[ev.star, ev.sample], src.x[points]])
+    cy = np.concatenate([lc.y[ev.star, ev.sample], src.y[points]])
+    cra, cdec = (wcs.all_pix2world(cx, cy, 0) if cx.size else (np.zeros(0), np.zeros(0)))
     for k in range(len(ev)):
         i = int(ev.star[k])
-        s = int(ev.sample[k])
-        x, y = float(lc.x[i, s]), float(lc.y[i, s])
-        ra, dec = (float(v) for v in wcs.all_pix2world([x], [y], 0))
         cands.append(CandidateSummary(
-            kind=str(ev.kind[k]), star_id=star_id[i], ra=ra, dec=dec, x=x, y=y,
+            kind=str(ev.kind[k]), star_id=star_id[i], ra=float(cra[k]), dec=float(cdec[k]),
+            x=float(cx[k]), y=float(cy[k]),
             t_peak_s=float(ev.t_peak_s[k]), duration_s=float(ev.duration_s[k]),
             amplitude=float(ev.amplitude[k]), significance=float(ev.significance[k]),
             mag=None if not np.isfinite(mag[i]) else float(mag[i])))
         stamps.append({"trail": i, "k": k})
-    points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma))
-    for j in points:
-        ra, dec = (float(v) for v in wcs.all_pix2world([src.x[j]], [src.y[j]], 0))
+    for q, j in enumerate(points, start=len(ev)):
+        # a flash does not drift: its time within the exposure is not measurable (NaN)
         cands.append(CandidateSummary(
-            kind="flash", star_id=None, ra=ra, dec=dec, x=float(src.x[j]), y=float(src.y[j]),
-            t_peak_s=float("nan"), duration_s=0.0, amplitude=float(src.psf_flux[j]),
-            significance=float(src.snr[j])))
+            kind="flash", star_id=None, ra=float(cra[q]), dec=float(cdec[q]),
+            x=float(cx[q]), y=float(cy[q]), t_peak_s=float("nan"), duration_s=0.0,
+            amplitude=float(src.psf_flux[j]), significance=float(src.snr[j])))
         stamps.append({"source": int(j)})
     candidates = {
         "kind": np.array([c.kind for c in cands], dtype=object),

@@ -139,6 +139,16 @@ def normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, references: n
     detected = np.isfinite(base) & (base > 0)
     base = np.where(detected, base, 1.0)
     refs = np.asarray(references, bool) & detected
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _normalise(flux, err, good, base, detected, refs, rel_floor=rel_floor,
+                          clip_chi=clip_chi, clip_sample=clip_sample, min_refs=min_refs,
+                          iterations=iterations)
+
+
+def _normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, base: np.ndarray,
+               detected: np.ndarray, refs: np.ndarray, *, rel_floor: float, clip_chi: float,
+               clip_sample: float, min_refs: int, iterations: int) -> Normalised:
+    n, m = flux.shape
     sample_ok = good.copy()
     pattern_loo = np.ones((n, m))
     var_loo = np.zeros((n, m))

@@ -9,8 +9,8 @@ indexing (no interpolation, so the noise of different samples stays independent)
 trails along a pixel axis (DECam) and to within a pixel for slightly tilted ones.
 
 The flux across the trail is a Horne (1986) optimal estimate: the pixels are weighted by the
-across-trail profile (a pixel-integrated Gaussian of the PSF width at the sub-pixel trail
-centre) over their variance; the variance comes from a noise model in electrons (sky, source,
+across-trail profile (pixel-integrated, at the sub-pixel trail centre: a Moffat line profile fitted to the bright trails of the CCD, see :class:`LineProfile`)
+over their variance; the variance comes from a noise model in electrons (sky, source,
 read noise, header gain); pixels whose residual from the profile fit exceeds ``clip_sigma`` are
 rejected (cosmic rays on the trail) and the fit repeated. The trail's ends, where the PSF only
 partly covers the sample, are divided by the expected covering fraction and flagged EDGE.
@@ -23,8 +23,8 @@ name                  value    meaning
 ``1 << c``            2..256   CP data-quality code ``c`` (1 bad, 2 no data, 3 saturated,
                                4 bleed, 5 cosmic ray, 6 low weight, 7 difference, 8 streak)
                                present in a pixel of the sample (such pixels get no weight)
-``FLAG_EDGE``         512      end of the trail (PSF covers < 90 % of the sample) or a pixel
-                               off the CCD
+``FLAG_EDGE``         512      end of the trail (PSF covers < 90 % of the sample), a pixel
+                               off the CCD, or a sample within 1.5 FWHM of the CCD border
 ``FLAG_BLEND``        1024     another trail's footprint reaches into this sample's core
 ``FLAG_OUTLIER``      2048     a pixel was rejected as an outlier from the profile (cosmic ray)
 ``FLAG_SATURATED``    4096     a pixel at or above the header saturation level
@@ -40,14 +40,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
 
 from driftwatch.science.geometry import DriftGeometry
 
 __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
     "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
-    "across_profile", "measure_across_sigma",
+    "across_profile", "measure_profile", "LineProfile",
 ]
 
 FLAG_EDGE = 1 << 9
@@ -159,15 +158,63 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     return TrailGrid(ix=ix, iy=iy, inside=inside, d=d, s=s)
 
 
-def across_profile(d: np.ndarray, sigma: float) -> np.ndarray:
-    """Return the pixel-integrated Gaussian across a trail at distances ``d`` (sums to ~1)."""
-    return ndtr((d + 0.5) / sigma) - ndtr((d - 0.5) / sigma)
+@dataclass(frozen=True)
+class LineProfile:
+    """Line-spread function of the PSF: a Moffat profile integrated along one axis.
+
+    A drifted star's profile across its trail is the PSF integrated along the trail. For a
+    Moffat PSF ``(1 + r^2/alpha^2)^-beta`` that is ``(1 + d^2/alpha^2)^(1/2 - beta)``; large
+    ``beta`` tends to a Gaussian. ``alpha`` in pixels.
+    """
+
+    alpha: float
+    beta: float
+
+    @property
+    def fwhm(self) -> float:
+        """FWHM of the PSF itself (not of the line profile), pixels."""
+        return float(2.0 * self.alpha * np.sqrt(2.0 ** (1.0 / self.beta) - 1.0))
+
+    @property
+    def sigma(self) -> float:
+        """Gaussian-equivalent sigma of the PSF (FWHM / 2.3548), pixels."""
+        return self.fwhm / 2.3548200450309493
+
+    def cdf(self, d: np.ndarray) -> np.ndarray:
+        """Fraction of the line profile below ``d`` pixels."""
+        from scipy.special import betainc
+
+        u = np.asarray(d, float) / self.alpha
+        # integral of (1 + u^2)^-(beta - 1/2): regularised incomplete beta in u^2 / (1 + u^2)
+        half = 0.5 * betainc(0.5, self.beta - 1.0, u * u / (1.0 + u * u))
+        return 0.5 + np.sign(u) * half
+
+    def pixel(self, d: np.ndarray) -> np.ndarray:
+        """Pixel-integrated profile at pixel-centre distances ``d`` (sums to 1 over all d)."""
+        return self.cdf(np.asarray(d, float) + 0.5) - self.cdf(np.asarray(d, float) - 0.5)
+
+    @classmethod
+    def gaussian_like(cls, fwhm: float) -> "LineProfile":
+        """A nearly Gaussian profile (beta = 30) of the given FWHM."""
+        beta = 30.0
+        return cls(alpha=fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)), beta=beta)
+
+    @classmethod
+    def moffat(cls, fwhm: float, beta: float) -> "LineProfile":
+        return cls(alpha=fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)), beta=beta)
 
 
-def _coverage(s: np.ndarray, length: float, sigma: float) -> np.ndarray:
-    """Fraction of an interior sample's flux that a sample at along-trail coordinate s receives."""
-    sa = np.hypot(sigma, np.sqrt(1.0 / 12.0))
-    return ndtr(s / sa) - ndtr((s - length) / sa)
+def across_profile(d: np.ndarray, profile: LineProfile) -> np.ndarray:
+    """Return the pixel-integrated line profile at distances ``d`` from the trail centre."""
+    return profile.pixel(d)
+
+
+def _coverage(s: np.ndarray, length: float, profile: LineProfile) -> np.ndarray:
+    """Fraction of an interior sample's flux that a sample at along-trail coordinate s receives.
+
+    The trail is a uniform line from 0 to ``length`` blurred by the line profile along it.
+    """
+    return profile.cdf(s) - profile.cdf(s - length)
 
 
 def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius: float,
@@ -195,20 +242,23 @@ def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius
     return first, last
 
 
-def measure_across_sigma(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
-                         geom: DriftGeometry, sky: np.ndarray, *, guess: float,
-                         use: np.ndarray | None = None, n_max: int = 200) -> float:
-    """Measure the across-trail Gaussian sigma (pixels) from the brightest trails.
+def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
+                    geom: DriftGeometry, sky: np.ndarray, *, fwhm_guess: float,
+                    use: np.ndarray | None = None, n_max: int = 200) -> LineProfile:
+    """Measure the across-trail line profile (Moffat alpha, beta) from the brightest trails.
 
     Fits the summed, sky-subtracted across-trail profile of up to ``n_max`` bright trails
-    (their interior samples) with a pixel-integrated Gaussian by least squares over sigma on a
-    grid; returns ``guess`` when fewer than 3 trails are available. ``use`` (bool, shape (n,))
-    selects the trails allowed (isolated ones: a neighbour within 4 sigma biases the width).
+    (their interior samples; each normalised to unit sum) by least squares over a grid of FWHM
+    and beta; returns a Moffat beta = 3 of ``fwhm_guess`` when fewer than 3 trails are
+    available. ``use`` (bool, shape (n,)) selects the trails allowed (isolated, unsaturated
+    ones: a neighbour within the window biases the width).
     """
     x0 = np.asarray(x0, float)
+    fallback = LineProfile.moffat(fwhm_guess, 3.0)
     if x0.size < 3:
-        return float(guess)
-    h = int(np.ceil(4 * guess)) + 1
+        return fallback
+    guess = fwhm_guess / 2.3548
+    h = int(np.ceil(3 * guess)) + 1
     m = n_samples(geom)
     edge = int(np.ceil(2 * guess))
     g = trail_grid(x0, np.asarray(y0, float), geom, h, image.shape)
@@ -217,7 +267,7 @@ def measure_across_sigma(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     if use is not None:
         ok_trail &= np.asarray(use, bool)
     if ok_trail.sum() < 3:
-        return float(guess)
+        return fallback
     vals = image[g.iy[ok_trail][:, sl].clip(0, image.shape[0] - 1),
                  g.ix[ok_trail][:, sl].clip(0, image.shape[1] - 1)] - \
         np.asarray(sky, float)[ok_trail][:, None, None]
@@ -227,19 +277,32 @@ def measure_across_sigma(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     order = np.argsort(total)[::-1][:n_max]
     prof = prof[order] / total[order, None]
     dist = dist[order]
-    sigmas = np.linspace(0.4 * guess, 2.5 * guess, 85)
-    model = across_profile(dist[None], sigmas[:, None, None])
-    cost = ((model - prof[None]) ** 2).sum(axis=(1, 2))
-    return float(sigmas[int(np.argmin(cost))])
+    fwhms = np.linspace(0.5 * fwhm_guess, 2.0 * fwhm_guess, 46)
+    betas = np.array([1.8, 2.2, 2.6, 3.0, 3.5, 4.5, 6.0, 10.0, 30.0])
+    best, best_cost = fallback, np.inf
+    for beta in betas:  # nine shapes; each a vectorised fit over all widths and trails
+        alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+        # pixel integral in units of alpha: cdf((d +- 0.5) / alpha) of a unit-alpha profile
+        unit = LineProfile(alpha=1.0, beta=float(beta))
+        a = alphas[:, None, None]
+        model = unit.cdf((dist[None] + 0.5) / a) - unit.cdf((dist[None] - 0.5) / a)
+        # normalised over the same window as the data
+        model = model / model.sum(axis=2, keepdims=True)
+        cost = ((model - prof[None]) ** 2).sum(axis=(1, 2))
+        j = int(np.argmin(cost))
+        if cost[j] < best_cost:
+            best, best_cost = LineProfile(float(alphas[j]), float(beta)), float(cost[j])
+    return best
 
 
 def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
-                         geom: DriftGeometry, *, sigma: float, sky: np.ndarray | float,
+                         geom: DriftGeometry, *, profile: LineProfile,
+                         sky: np.ndarray | float,
                          gain: float, read_noise: float, saturate: float = np.inf,
                          dq: np.ndarray | None = None,
                          labels: tuple[np.ndarray, np.ndarray] | None = None,
                          half_width: int | None = None, clip_sigma: float = 5.0,
-                         sigma_along: float | None = None) -> LightCurves:
+                         model_error: float = 0.05) -> LightCurves:
     """Extract the light curve of every trail at once (optimal, PSF-weighted extraction).
 
     Parameters
@@ -250,8 +313,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         Sub-pixel t = 0 end of each trail.
     geom : DriftGeometry
         Drift of the CCD (direction, speed, exposure time).
-    sigma : float
-        Gaussian sigma of the PSF across the trail, pixels.
+    profile : LineProfile
+        Line profile of the PSF across (and along) the trail (:func:`measure_profile`).
     sky : float or ndarray, shape (n,)
         Local sky level of each trail, ADU per pixel.
     gain, read_noise : float
@@ -263,11 +326,12 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     labels : (ndarray, ndarray), optional
         :func:`footprint_labels` of all trails of the CCD, for FLAG_BLEND.
     half_width : int, optional
-        Half width of the extraction window (default ceil(3 sigma) + 1).
+        Half width of the extraction window (default ceil(1.3 FWHM) + 1).
     clip_sigma : float
         Rejection threshold of the profile-fit residuals.
-    sigma_along : float, optional
-        Along-trail PSF sigma used for the end coverage (default ``sigma``).
+    model_error : float
+        Fractional profile error allowed for in the rejection test only (so the wings of a
+        bright star, where a model is never perfect, are not rejected as outliers).
 
     Returns
     -------
@@ -276,7 +340,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     x0 = np.atleast_1d(np.asarray(x0, dtype=float))
     y0 = np.atleast_1d(np.asarray(y0, dtype=float))
     n = x0.size
-    h = int(np.ceil(3 * sigma)) + 1 if half_width is None else int(half_width)
+    sigma = profile.sigma
+    h = int(np.ceil(1.3 * profile.fwhm)) + 1 if half_width is None else int(half_width)
     g = trail_grid(x0, y0, geom, h, image.shape)
     ny, nx = image.shape
     iyc = g.iy.clip(0, ny - 1)
@@ -284,7 +349,7 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     data = image[iyc, ixc].astype(np.float64)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1))
-    prof = across_profile(g.d, sigma)
+    prof = profile.pixel(g.d)
     # profile renormalised over the window, so a flux is the total across the trail
     core = np.abs(g.d) <= 2.0 * sigma
     flags = np.zeros(g.s.shape, dtype=np.uint16)
@@ -324,7 +389,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         f = np.where(den > 0, (a * d).sum(axis=2) / np.where(den > 0, den, 1.0), 0.0)
         var = var_sky + np.maximum(f[:, :, None] * prof, 0.0) / gain
         if it >= 1:
-            z2 = w * (d - f[:, :, None] * prof) ** 2 / var
+            model = f[:, :, None] * prof
+            z2 = w * (d - model) ** 2 / (var + (model_error * model) ** 2)
             worst = z2.max(axis=2, keepdims=True)
             reject = (z2 >= worst) & (worst > clip_sigma ** 2)
             if not reject.any():
@@ -341,7 +407,11 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     chi2 = resid2 / np.maximum(npix - 1.0, 1.0)
     kept = den / np.maximum((prof * prof / var).sum(axis=2), 1e-300)
 
-    cov = _coverage(g.s, geom.length_px, sigma if sigma_along is None else sigma_along)
+    cov = _coverage(g.s, geom.length_px, profile)
+    margin = 1.5 * profile.fwhm
+    cx, cy = g.ix[:, :, h], g.iy[:, :, h]
+    near_border = (cx < margin) | (cy < margin) | (cx > nx - 1 - margin) | (cy > ny - 1 - margin)
+    flags |= np.where(near_border, FLAG_EDGE, 0).astype(np.uint16)
     flags |= np.where(cov < 0.9, FLAG_EDGE, 0).astype(np.uint16)
     cov = np.maximum(cov, 0.05)
     f = f / cov
