@@ -81,9 +81,17 @@ class Background:
         return np.clip(i, 0, self.back.shape[0] - 1)
 
     def rows_at_columns(self, which: str, x: np.ndarray) -> np.ndarray:
-        """Return the ``back`` or ``rms`` map at every CCD row and columns ``x``, shape (ny, m)."""
+        """Return the ``back`` or ``rms`` map at every CCD row and columns ``x``, shape (ny, m).
+
+        Rows take the sample at or below them; columns are interpolated linearly.
+        """
         m = self.back if which == "back" else self.rms
-        cols = m[:, self._ix(x)]
+        # Linear in x between samples (the box centre of an even-length box is half-integer).
+        u = np.clip(np.asarray(x, dtype=float) / self.step, 0.0, m.shape[1] - 1.0)
+        i0 = np.floor(u).astype(np.intp)
+        i1 = np.minimum(i0 + 1, m.shape[1] - 1)
+        f = (u - i0).astype(np.float32)
+        cols = m[:, i0] * (np.float32(1.0) - f) + m[:, i1] * f
         return np.repeat(cols, self.step, axis=0)[: self.shape[0]] if self.step > 1 else cols
 
     def _full(self, m: np.ndarray) -> np.ndarray:

@@ -233,9 +233,11 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     sky *= (bin_x * lb) * ksum_rows[:, None]
     filt -= sky
     del sky
-    norm = math.sqrt(bin_x * lb * float(np.sum(taps.astype(np.float64) ** 2)))
+    ksq_rows = ndi.correlate1d(np.ones(ny, dtype=np.float32), taps * taps, mode="constant",
+                               cval=0.0)
+    norm_rows = np.sqrt(bin_x * lb * ksq_rows.astype(np.float64)).astype(np.float32)
     sig = background.rows_at_columns("rms", x_of_col)
-    sig *= np.float32(norm)
+    sig *= norm_rows[:, None]
     filt /= sig
     if not np.isfinite(filt).all():
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
