@@ -12,6 +12,7 @@ while that one waits, so a channel reads in order. For each try:
   gets ``alerts.max_attempts`` server errors is given up (``failed``), while an unreachable
   server (connection refused, timeout, DNS) never makes a message fail: it waits, because
   alerts must not be lost to an outage. Any other 4xx: ``failed`` with the answer recorded.
+- The thread also queues the nightly summary at ``alerts.summary_time_utc`` (checked each minute).
 - A route becoming unreachable is logged once, with the time; when it answers again the
   restoration is logged and, once the backlog is through, one operations message says
   "unreachable since ..., restored, N messages delivered late".
@@ -61,6 +62,7 @@ SENT = "sent"
 RATE_LIMITED = "rate_limited"
 UNREACHABLE = "unreachable"     # network error or 5xx: retry with backoff
 REJECTED = "rejected"           # any other answer: give up
+SCHEDULE_CHECK_S = 60.0         # how often the thread looks whether the nightly summary is due
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +307,23 @@ class AlertSender:
         self._thread = threading.Thread(target=self._loop, name="alert-sender", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the thread after the request in hand; return True if it ended in time."""
+    def stop(self, timeout: float = 10.0, drain_s: float = 3.0) -> bool:
+        """Stop the thread; return True if it ended in time.
+
+        First, for up to ``drain_s`` seconds, let it deliver what is pending (the "stopped"
+        message just queued) unless a route is down; then stop after the request in hand.
+        Whatever is left stays pending for the next start.
+        """
+        if self._thread is not None and drain_s > 0:
+            deadline = time.monotonic() + drain_s
+            while time.monotonic() < deadline and self._thread.is_alive():
+                if any(r.down_since is not None for r in self._routes.values()):
+                    break
+                with self._scope() as session:
+                    if not outbox.state_counts(session).get(outbox.PENDING):
+                        break
+                self.wake()
+                time.sleep(0.05)
         self._stop.set()
         self._wake.set()
         ended = True
@@ -331,9 +348,18 @@ class AlertSender:
         """Look at the outbox now (call after queueing)."""
         self._wake.set()
 
+    def queue_scheduled(self) -> None:
+        """Queue the messages due at a time of day (the nightly summary; once, by key)."""
+        with self._scope() as session:
+            outbox.queue_nightly_summary_if_due(session, self.config, self._now())
+
     def _loop(self) -> None:
+        next_scheduled = 0.0
         while not self._stop.is_set():
             try:
+                if self._clock() >= next_scheduled:
+                    next_scheduled = self._clock() + SCHEDULE_CHECK_S
+                    self.queue_scheduled()
                 wait = self.deliver_pending_once()
             except Exception:  # noqa: BLE001 - the thread must survive a database hiccup
                 log.exception("alert sender: unexpected error; trying again in 5 s")

@@ -125,7 +125,8 @@ def test_never_more_than_the_configured_rate(tmp_path, store, httpserver):
     assert len(t) == 12
     for i in range(len(t)):
         for j in range(i, len(t)):  # any window [t_i, t_j] holds at most burst + rate * width
-            assert j - i + 1 <= burst + rate * (t[j] - t[i]) + 0.05
+            # (+ 0.1 s: server-side arrival times jitter on a busy 2-core machine)
+            assert j - i + 1 <= burst + rate * (t[j] - t[i] + 0.1)
     assert t[-1] - t[0] >= (12 - burst) / rate - 0.05
     assert _expnums(script) == [str(1000 + i) for i in range(12)]
 
@@ -156,9 +157,8 @@ def test_url_never_leaks(tmp_path, store, httpserver, caplog):
     with pytest.raises(AlertError) as err:
         send_test(dead_cfg)
     sender = AlertSender(dead_cfg, store)
-    _queue_more = outbox.queue_file_incomplete
     with store.session_scope() as s:
-        _queue_more(s, dead_cfg, "/in/late.fits.fz", 10)
+        outbox.queue_file_incomplete(s, dead_cfg, "/in/late.fits.fz", 10)
     sender.deliver_pending_once()
 
     with store.session_scope() as s:
@@ -204,3 +204,25 @@ def test_outage_does_not_use_up_attempts(tmp_path, store, httpserver):
                                    retry_backoff_s=0.01, retry_max_backoff_s=0.02))
     assert sender.run_until_idle(5) == 0
     assert _states(store)[0][1:3] == ("sent", 2) and len(script.times) == 2
+
+
+def test_thread_drains_on_stop_and_queues_the_summary(tmp_path, store, httpserver):
+    from datetime import datetime, timezone
+
+    from driftwatch.store.models import Exposure
+
+    script = _serve(httpserver)
+    cfg = make_config(tmp_path, httpserver.url_for(SECRET_PATH), rate_per_s=10.0, burst=1)
+    with store.session_scope() as s:
+        s.add(Exposure(path="/in/a.fits.fz", night="2026-11-21", expnum=1, role="drift",
+                       state="done"))
+    noon = datetime(2026, 11, 22, 12, 0, 30, tzinfo=timezone.utc)
+    sender = AlertSender(cfg, store, now=lambda: noon)
+    sender.start()
+    _queue(store, cfg, 5)  # queued just before stopping, as the daemon does with "stopped"
+    assert sender.stop(timeout=5, drain_s=3)
+    texts = [b["text"] for b in script.bodies]
+    assert len(texts) == 6
+    assert sum(t.startswith(":bar_chart: night 2026-11-21 summary") for t in texts) == 1
+    with store.session_scope() as s:
+        assert outbox.state_counts(s) == {"sent": 6}
