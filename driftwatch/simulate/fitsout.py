@@ -9,6 +9,7 @@ are deterministic.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from driftwatch.simulate.focalplane import ccd_wcs_header
 __all__ = ["ExposureMeta", "cp_file_names", "primary_header", "ccd_header", "FitsWriter"]
 
 PLVER = "V4.1"
+_CHECKSUM_COMMENT = "HDU checksum"
 
 
 @dataclass(frozen=True)
@@ -171,14 +173,20 @@ def ccd_header(meta: ExposureMeta, ccd: str, shape: tuple[int, int], det: Detect
 
 
 class FitsWriter:
-    """Write one multi-extension file CCD by CCD (primary first, then :meth:`add`)."""
+    """Write one multi-extension file CCD by CCD (primary first, then :meth:`add`).
+
+    Each extension is serialised on its own (with CHECKSUM/DATASUM) and appended as raw bytes:
+    FITS HDUs are self-contained, and only one CCD is in memory at a time.
+    """
 
     def __init__(self, path: Path, primary: fits.Header, compress: bool) -> None:
         self.path = path
         self.compress = compress
         hdu = fits.PrimaryHDU(header=primary)
-        hdu.add_checksum(when="checksum of this HDU")
-        fits.HDUList([hdu]).writeto(path, overwrite=True)
+        hdu.add_checksum(when=_CHECKSUM_COMMENT)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)
+            fits.HDUList([hdu]).writeto(path, overwrite=True)
 
     def add(self, data: np.ndarray, header: fits.Header) -> None:
         name = header["EXTNAME"]
@@ -192,6 +200,32 @@ class FitsWriter:
                 hdu = fits.CompImageHDU(data, header=header, name=name, compression_type="RICE_1")
             else:
                 hdu = fits.ImageHDU(data, header=header, name=name)
-            hdu.add_checksum(when="checksum of this HDU")
-            with fits.open(self.path, mode="append") as hl:
-                hl.append(hdu)
+            buf = io.BytesIO()
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+            if self.compress:
+                # checksum the on-disk BINTABLE (as fpack does), with a fixed comment: astropy's
+                # default comment is the wall-clock time, which would break determinism
+                buf.seek(0)
+                with fits.open(buf, disable_image_compression=True) as raw_hl:
+                    table = raw_hl[1]
+                    table.add_checksum(when=_CHECKSUM_COMMENT)
+                    out = io.BytesIO()
+                    fits.HDUList([fits.PrimaryHDU(), table]).writeto(out)
+                buf = out
+            else:
+                buf.seek(0)
+                hdu.add_checksum(when=_CHECKSUM_COMMENT)
+                buf = io.BytesIO()
+                fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+        raw = buf.getbuffer()
+        start = _first_hdu_size(raw)
+        with open(self.path, "ab") as fh:
+            fh.write(raw[start:])
+
+
+def _first_hdu_size(raw: memoryview) -> int:
+    """Bytes of a data-less primary HDU at the start of ``raw`` (its header blocks)."""
+    for pos in range(0, len(raw), 80):
+        if bytes(raw[pos:pos + 8]) == b"END     ":
+            return (pos // 2880 + 1) * 2880
+    raise ValueError("no END card")
