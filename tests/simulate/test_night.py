@@ -56,6 +56,8 @@ def test_files_valid_fits_read_by_astropy_fitsio_and_our_reader(night) -> None:
         with fitsio.FITS(str(path)) as f:
             data = f["S29"].read()
             assert data.shape == (256, 128)
+            for hdu in f:
+                hdu.verify_checksum()  # raises on a mismatch; every HDU carries CHECKSUM
         info = read_exposure_info(path)
         assert info.nite == "2026-03-05" and info.ccds == ("N4", "S29")
         assert info.prodtype == ("dqmask" if "_ood_" in path.name else "image")
@@ -127,11 +129,15 @@ def test_deterministic(night, tmp_path: Path) -> None:
 
 def test_cli_summary_and_bad_usage(tmp_path: Path, capsys) -> None:
     rc = main(["simulate", str(tmp_path / "n"), "--shape", "64x48", "--stars", "5",
-               "--exposures", "1", "--ccds", "S4", "--seed", "1"])
+               "--exposures", "1", "--ccds", "S4", "--seed", "1",
+               "--deliver-to", str(tmp_path / "in"), "--cadence", "0.2"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "exposures: 3" in out and "6 files" in out and "CCDs: 1 (S4)" in out
     assert re.search(r"events: \d+ brightening, \d+ flash", out)
+    made = sorted(p.name for p in (tmp_path / "n").glob("c4d_*"))
+    assert len(made) == 6 and sorted(p.name for p in (tmp_path / "in").iterdir()) == made
+    assert "delivered 6 files" in out
     assert main(["simulate", str(tmp_path / "m"), "--ccds", "S99"]) == 2
     assert "S99" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "m"), "--night", "2026-13-01"]) == 2
