@@ -147,10 +147,12 @@ def _parse_utc(text: str | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _fmt_num(value: float | None, fmt: str, missing: str = "n/a") -> str:
-    if value is None or not math.isfinite(value):
-        return missing
-    return format(value, fmt)
+    return format(value, fmt) if _finite(value) else missing
 
 
 def _header(text: str) -> dict[str, Any]:
@@ -190,9 +192,10 @@ def check_limits(payload: Payload) -> None:
 def select_candidates(items: Iterable[AlertCandidate], min_significance: float,
                       kinds: Sequence[str]) -> list[AlertCandidate]:
     """Keep the candidates that alert, most significant first (ties: CCD, time of peak)."""
-    chosen = [it for it in items
-              if it.candidate.kind in kinds and it.candidate.significance >= min_significance]
-    chosen.sort(key=lambda it: (-it.candidate.significance, it.ccd, it.candidate.t_peak_s))
+    chosen = [it for it in items if it.candidate.kind in kinds
+              and _finite(it.candidate.significance) and it.candidate.significance >= min_significance]
+    chosen.sort(key=lambda it: (-it.candidate.significance, it.ccd,
+                                it.candidate.t_peak_s if _finite(it.candidate.t_peak_s) else -1.0))
     return chosen
 
 
@@ -200,20 +203,27 @@ def _candidate_text(n: int, item: AlertCandidate, ra_s: str, dec_s: str, t0: dat
                     products_root: str | None, products_url: str) -> str:
     c = item.candidate
     star = f"star `{escape(c.star_id)}`" if c.star_id else "unmatched source"
-    mag = f" (mag {c.mag:.2f})" if c.mag is not None and math.isfinite(c.mag) else ""
-    peak_utc = ""
-    if t0 is not None and math.isfinite(c.t_peak_s):
-        t = t0 + timedelta(seconds=c.t_peak_s)
-        peak_utc = f" ({t.strftime('%H:%M:%S.')}{t.microsecond // 10000:02d} UTC)"
+    mag = f" (mag {c.mag:.2f})" if _finite(c.mag) else ""
+    if _finite(c.t_peak_s):
+        peak = f"peak t = {c.t_peak_s:.2f} s"
+        if t0 is not None:
+            t = t0 + timedelta(seconds=c.t_peak_s)
+            peak += f" ({t.strftime('%H:%M:%S.')}{t.microsecond // 10000:02d} UTC)"
+    else:  # a flash does not drift: its time within the exposure is not measurable
+        peak = "time of peak not measurable (no drift)"
+    if c.kind == "flash":  # the reduction reports a point source's flux, not a fraction
+        amplitude = f"flux {_fmt_num(c.amplitude, '.4g')}"
+    else:
+        amplitude = f"amplitude {_fmt_num(None if c.amplitude is None else 100 * c.amplitude, '+.1f')}%"
     links = [
         _link(product_link(c.stamp_path, products_root, products_url), "stamp + light curve PNG"),
         _link(product_link(item.product_dir, products_root, products_url), "CCD products"),
     ]
     lines = [
-        f"*{n}. {escape(c.kind)}* on *{escape(item.ccd)}* · {star}{mag} · x={c.x:.1f} y={c.y:.1f}",
+        f"*{n}. {escape(c.kind)}* on *{escape(item.ccd)}* · {star}{mag} · "
+        f"x={_fmt_num(c.x, '.1f')} y={_fmt_num(c.y, '.1f')}",
         f"RA {ra_s}  Dec {dec_s}  ({c.ra:.5f}°, {c.dec:+.5f}°)",
-        f"peak t = {_fmt_num(c.t_peak_s, '.2f')} s{peak_utc} · duration "
-        f"{_fmt_num(c.duration_s, '.2f')} s · amplitude {_fmt_num(100 * c.amplitude, '+.1f')}% · "
+        f"{peak} · duration {_fmt_num(c.duration_s, '.2f')} s · {amplitude} · "
         f"significance *{_fmt_num(c.significance, '.1f')}σ*",
     ]
     link_line = " · ".join(x for x in links if x)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import statistics
@@ -108,9 +109,13 @@ def enqueue(session: Session, *, dedup_key: str, kind: str, route: str, payload:
 # ---------------------------------------------------------------------------------------------
 def content_version(items: Sequence[AlertCandidate]) -> str:
     """Return a short digest of a candidate list that survives float jitter of a re-run."""
+    def r(value: float | None, digits: int) -> str:
+        return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "-"
+
     rows = sorted(
-        (it.ccd, it.candidate.kind, it.candidate.star_id or
-         f"{it.candidate.x:.0f},{it.candidate.y:.0f}", f"{it.candidate.t_peak_s:.1f}")
+        (it.ccd, it.candidate.kind,
+         it.candidate.star_id or f"{r(it.candidate.x, 0)},{r(it.candidate.y, 0)}",
+         r(it.candidate.t_peak_s, 1))
         for it in items
     )
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]

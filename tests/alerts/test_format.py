@@ -99,3 +99,16 @@ def test_ops_messages_are_valid():
     assert "boom &lt;x&gt;" in json.dumps(msgs[2])
     assert "30 of 100" in msgs[4]["text"]
     assert "4 messages delivered late" in msgs[6]["text"]
+
+
+def test_flash_without_time_and_missing_values():
+    from dataclasses import replace
+
+    item = candidate(0, kind="flash", star_id=None)
+    c = replace(item.candidate, t_peak_s=float("nan"), duration_s=0.0, amplitude=5321.0, mag=None)
+    payload = fmt.format_candidates(exposure(), [type(item)(item.ccd, c, item.product_dir)])
+    body = payload["blocks"][3]["text"]["text"]
+    assert "time of peak not measurable" in body and "flux 5321" in body
+    assert "unmatched source" in body and "mag" not in body
+    none_time = replace(c, t_peak_s=None)  # as read back from SQL NULL
+    assert fmt.select_candidates([type(item)("S4", none_time)], 8.0, ("flash",))

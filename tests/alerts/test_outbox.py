@@ -136,3 +136,15 @@ def test_retry_failed_and_recover_in_flight(tmp_path, store):
         assert outbox.recover_in_flight(s) == [b.id]
         assert outbox.retry_failed(s) == 1
     assert [r[1] for r in _alerts(store)] == ["pending", "pending"]
+
+
+def test_flash_with_nan_time_from_the_database(tmp_path, store):
+    cfg = make_config(tmp_path)
+    exp_id = _night(store, ["done"], n_cands=0)
+    with store.session_scope() as s:
+        job = s.scalars(select(CcdJob)).one()
+        s.add(Candidate(job_id=job.id, kind="flash", star_id=None, ra=10.0, dec=-5.0, x=1.0, y=2.0,
+                        t_peak_s=float("nan"), duration_s=0.0, amplitude=900.0, significance=30.0))
+    with store.session_scope() as s:
+        (alert,) = outbox.queue_exposure_alert_from_db(s, cfg, exp_id)
+        assert "not measurable" in alert.payload
