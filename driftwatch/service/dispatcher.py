@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable, Iterable
@@ -45,9 +46,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, aliased
 
 from driftwatch.config import Config
-from driftwatch.errors import DriftwatchError
+from driftwatch.errors import DriftwatchError, StoreError
 from driftwatch.service.executor import Executor, TaskOutcome
-from driftwatch.service.planner import catalogue_out_path, ccd_out_dir, refresh_exposure_state
+from driftwatch.service.planner import (
+    catalogue_out_path, exposure_out_dir, refresh_exposure_state,
+)
 from driftwatch.store import jobs as jobstate
 from driftwatch.store.db import Store
 from driftwatch.store.models import (
@@ -111,6 +114,11 @@ def outbox_exposure_hook(dispatcher: Dispatcher) -> ExposureHook | None:
             outbox.queue_failure_rate_if_over(session, cfg, exposure.night)
 
     return hook
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (no such quantity, e.g. the peak time of a flash) is stored as NULL."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _products_present(path: str | None) -> bool:
@@ -257,8 +265,8 @@ class Dispatcher:
             catalogue = job.depends_on.product_path
         task = CcdTask(
             image_path=exp.path, ccd=job.ccd,
-            out_dir=str(ccd_out_dir(self.cfg.paths.products, exp.night or "unknown",
-                                    exp.expnum or 0, job.ccd)),
+            out_dir=str(exposure_out_dir(self.cfg.paths.products, exp.night or "unknown",
+                                         exp.expnum or 0)),
             pipeline=self.cfg.pipeline, expnum=exp.expnum or 0,
             input_checksum=exp.checksum or "", dq_path=exp.dq_path, catalogue_path=catalogue,
             alerts_enabled=self.alerts)
@@ -319,13 +327,30 @@ class Dispatcher:
             return results
         while True:
             job_id, gen, fut = item
-            res = self._record(job_id, gen, fut)
+            try:
+                res = self._record(job_id, gen, fut)
+            except StoreError as exc:
+                # The result could not be written (a bad value, a hook that raised): the job
+                # must not be lost nor stay 'running'; it fails this try and is retried.
+                log.exception("job %s: recording its result failed", job_id)
+                res = self._record_error(job_id, f"cannot record the result: {exc}")
             if res is not None:
                 results.append(res)
             try:
                 item = self._done.get_nowait()
             except queue.Empty:
                 return results
+
+    def _record_error(self, job_id: int, error: str) -> JobResult | None:
+        now = self.clock()
+        with self.store.session_scope() as s:
+            job = s.get(CcdJob, job_id)
+            if job is None or job.state != RUNNING:
+                return None
+            jobstate.mark_failed(job, now, error[:2000], retryable=True,
+                                 max_attempts=self.cfg.workers.max_attempts,
+                                 backoff_s=self.cfg.workers.retry_backoff_s)
+            return self._finish(s, job, job.exposure, now, error)
 
     def _outcome(self, fut: Any) -> tuple[TaskOutcome | None, BaseException | None]:
         if isinstance(fut, BaseException):
@@ -401,9 +426,9 @@ class Dispatcher:
                                n_candidates=summary.n_candidates,
                                notes="; ".join(summary.notes) or None, worker=outcome.worker)
             cands = [Candidate(kind=c.kind, star_id=c.star_id, ra=c.ra, dec=c.dec, x=c.x, y=c.y,
-                               t_peak_s=c.t_peak_s, duration_s=c.duration_s,
-                               amplitude=c.amplitude, significance=c.significance, mag=c.mag,
-                               stamp_path=c.stamp_path, created_at=now)
+                               t_peak_s=_finite(c.t_peak_s), duration_s=_finite(c.duration_s),
+                               amplitude=c.amplitude, significance=c.significance,
+                               mag=_finite(c.mag), stamp_path=c.stamp_path, created_at=now)
                      for c in summary.candidates]
             job.candidates.extend(cands)
             s.flush()

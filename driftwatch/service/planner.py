@@ -166,14 +166,19 @@ def image_name_candidates(dq_path: str) -> list[str]:
     return out
 
 
+def exposure_out_dir(products: Path, night: str, expnum: int) -> Path:
+    """Return the folder of one exposure's products (the ``out_dir`` of its CCD tasks)."""
+    return products / night / f"{expnum:08d}"
+
+
 def ccd_out_dir(products: Path, night: str, expnum: int, ccd: str) -> Path:
-    """Return the folder of one CCD's products."""
-    return products / night / f"{expnum:08d}" / ccd
+    """Return the folder of one CCD's products (the worker renames it into place)."""
+    return exposure_out_dir(products, night, expnum) / ccd
 
 
 def catalogue_out_path(products: Path, field_name: str) -> Path:
     """Return the reference catalogue file of a field (shared by every night of the field)."""
-    return products / "catalogues" / f"{field_slug(field_name)}.fits"
+    return products / "catalogues" / f"{field_slug(field_name)}.parquet"
 
 
 def file_checksum(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:

@@ -181,8 +181,9 @@ class Candidate(Base):
     dec: Mapped[float] = mapped_column(Float)
     x: Mapped[float] = mapped_column(Float)
     y: Mapped[float] = mapped_column(Float)
-    t_peak_s: Mapped[float] = mapped_column(Float)
-    duration_s: Mapped[float] = mapped_column(Float)
+    # Migration 0003: unknown (None) for a flash, which does not drift and so has no time axis.
+    t_peak_s: Mapped[float | None] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
     amplitude: Mapped[float] = mapped_column(Float)
     significance: Mapped[float] = mapped_column(Float)
     mag: Mapped[float | None] = mapped_column(Float)

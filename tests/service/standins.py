@@ -38,7 +38,7 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
     table.meta.update({"EXPNUM": task.expnum, "CCD": task.ccd, "INCHKSUM": task.input_checksum,
                        "MEDIAN": med, "CATALOG": task.catalogue_path or "",
                        "DQ": task.dq_path or ""})
-    out = Path(task.out_dir)
+    out = Path(task.out_dir) / task.ccd
     _write_atomic(table, out / PRODUCT)
     return CcdSummary(ccd=task.ccd, ok=True, product_dir=str(out), n_trails=len(bright),
                       pipeline_version="standin")
@@ -63,12 +63,12 @@ def bad_input_reduce_ccd(task: CcdTask) -> CcdSummary:
 
 def lying_reduce_ccd(task: CcdTask) -> CcdSummary:
     """Says ok but writes nothing."""
-    return CcdSummary(ccd=task.ccd, ok=True, product_dir=str(Path(task.out_dir) / "nothing"))
+    return CcdSummary(ccd=task.ccd, ok=True, product_dir=str(Path(task.out_dir) / task.ccd))
 
 
 def crash_once_reduce_ccd(task: CcdTask) -> CcdSummary:
     """Kill its own worker process (SIGKILL, as the OOM killer would) the first time per CCD."""
-    marker = Path(task.out_dir).parent / f".crashed-{task.ccd}"
+    marker = Path(task.out_dir) / f".crashed-{task.ccd}"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("x")

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from driftwatch.errors import StoreError
 from driftwatch.store.db import Store, current_revision, head_revision, make_engine, upgrade, \
     writer_lock
-from driftwatch.store.models import Alert, CcdJob, Exposure
+from driftwatch.store.models import Alert, Candidate, CcdJob, Exposure
 
 
 def test_sqlite_pragmas(tmp_path):
@@ -73,7 +73,7 @@ def test_foreign_keys_enforced(tmp_path):
 def test_upgrade_from_oldest_keeps_rows_and_new_columns_work(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = make_engine(url)
-    upgrade(engine, "0001")
+    upgrade(engine, "0001")  # the oldest migration
     assert current_revision(engine) == "0001"
     with engine.begin() as conn:
         cols = {r[1] for r in conn.exec_driver_sql("PRAGMA table_info(ccd_jobs)")}
@@ -87,8 +87,13 @@ def test_upgrade_from_oldest_keeps_rows_and_new_columns_work(tmp_path):
             " product_path, n_trails) VALUES (7, 1, 'ccd', 'S4', 'done', 1,"
             " '2026-11-21 05:01:00', '/p/S4', 123)")
         conn.exec_driver_sql(
-            "INSERT INTO alerts (dedup_key, route, kind, payload, state, attempts, created_at)"
-            " VALUES ('k1', 'default', 'flash', '{}', 'pending', 0, '2026-11-21 05:02:00')")
+            "INSERT INTO candidates (id, job_id, kind, ra, dec, x, y, t_peak_s, duration_s,"
+            " amplitude, significance, created_at) VALUES (3, 7, 'brightening', 150.0, -30.0,"
+            " 10.0, 20.0, 4.5, 1.0, 0.3, 9.0, '2026-11-21 05:01:30')")
+        conn.exec_driver_sql(
+            "INSERT INTO alerts (dedup_key, route, kind, payload, state, attempts, created_at,"
+            " candidate_id) VALUES ('k1', 'default', 'flash', '{}', 'pending', 0,"
+            " '2026-11-21 05:02:00', 3)")
     engine.dispose()
 
     store = Store(url)  # migrates to head on opening
@@ -101,7 +106,12 @@ def test_upgrade_from_oldest_keeps_rows_and_new_columns_work(tmp_path):
         job.next_attempt_at = job.created_at
         job.config_hash = "abcd"
         job.exposure.dq_missing = True
-        assert s.query(Alert).one().dedup_key == "k1"
+        alert = s.query(Alert).one()
+        assert (alert.dedup_key, alert.candidate_id) == ("k1", 3)  # the table copy cascaded nothing
+        cand = s.get(Candidate, 3)
+        assert (cand.job_id, cand.t_peak_s) == (7, 4.5)
+        s.add(Candidate(job_id=7, kind="flash", ra=1.0, dec=2.0, x=0.0, y=0.0, t_peak_s=None,
+                        duration_s=None, amplitude=1.0, significance=8.0))  # 0003: may be NULL
     with store.session_scope() as s:
         job = s.get(CcdJob, 7)
         assert job.next_attempt_at == job.created_at and job.config_hash == "abcd"
