@@ -174,7 +174,9 @@ def post_webhook(webhook: Secret, payload: dict[str, Any], *, timeout_s: float =
         response = (http or requests).post(
             url, data=body, headers={"Content-Type": "application/json"},
             timeout=timeout_s, allow_redirects=False)
-    except requests.RequestException as exc:
+    except Exception as exc:  # noqa: BLE001 - requests' and urllib3's texts carry the URL
+        # A malformed URL (a bad credential) lands here too: the alerts wait, visibly, until
+        # the credential is fixed; 'driftwatch alerts test' shows the same error.
         return DeliveryResult(None, _describe(exc, url))
     status = response.status_code
     if 200 <= status < 300:
@@ -317,7 +319,7 @@ class AlertSender:
         if self._thread is not None and drain_s > 0:
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline and self._thread.is_alive():
-                if any(r.down_since is not None for r in self._routes.values()):
+                if any(r.down_since is not None for r in list(self._routes.values())):
                     break
                 with self._scope() as session:
                     if not outbox.state_counts(session).get(outbox.PENDING):
@@ -387,7 +389,7 @@ class AlertSender:
         return {name: {"reachable": r.down_since is None,
                        "down_since": r.down_since.isoformat() if r.down_since else None,
                        "last_error": r.last_error, "delivered": r.delivered}
-                for name, r in self._routes.items()}
+                for name, r in list(self._routes.items())}
 
     # -- delivery --------------------------------------------------------------------------------
     def _route(self, name: str) -> _Route:

@@ -226,3 +226,9 @@ def test_thread_drains_on_stop_and_queues_the_summary(tmp_path, store, httpserve
     assert sum(t.startswith(":bar_chart: night 2026-11-21 summary") for t in texts) == 1
     with store.session_scope() as s:
         assert outbox.state_counts(s) == {"sent": 6}
+
+
+def test_malformed_webhook_is_reported_without_the_url():
+    bad = Secret("htps:/hooks.example/services/T1/B2/zzzzSECRETzzzz", "x")
+    result = post_webhook(bad, {"text": "t"}, timeout_s=1)
+    assert result.status is None and result.error and "zzzzSECRETzzzz" not in result.error
