@@ -105,7 +105,26 @@ def _good_fft(n: int) -> int:
     return sfft.next_fast_len(n, real=True)
 
 
-def _render_batch(acc: np.ndarray, shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
+class _Canvas:
+    """Collects (flat pixel index, flux) contributions; one ``bincount`` makes the image."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.idx: list[np.ndarray] = []
+        self.w: list[np.ndarray] = []
+
+    def add(self, idx: np.ndarray, w: np.ndarray) -> None:
+        self.idx.append(idx)
+        self.w.append(w)
+
+    def image(self) -> np.ndarray:
+        if not self.idx:
+            return np.zeros(self.size, np.float32)
+        return np.bincount(np.concatenate(self.idx), weights=np.concatenate(self.w),
+                           minlength=self.size).astype(np.float32)
+
+
+def _render_batch(acc: _Canvas, shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray,
                   w: np.ndarray, mix: np.ndarray | None, fwhms: list[float], beta: float,
                   radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Add trails of n stars (sub-step positions/fluxes (n, K)) into ``acc`` (flat, ny*nx).
@@ -159,9 +178,10 @@ def _render_batch(acc: np.ndarray, shape: tuple[int, int], xs: np.ndarray, ys: n
     cols = x_start[:, None, None] + np.arange(width)[None, None, :]
     inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
     flat = (rows * nx + cols)[inside]
-    acc += np.bincount(flat, weights=stamps[inside], minlength=ny * nx)
-    on_ccd = np.where(inside, stamps, 0.0).sum(axis=(1, 2))
-    peak = np.where(inside, stamps, 0.0).max(axis=(1, 2))
+    acc.add(flat, stamps[inside])
+    kept = np.where(inside, stamps, 0.0)
+    on_ccd = kept.sum(axis=(1, 2))
+    peak = kept.max(axis=(1, 2))
     return on_ccd, peak
 
 
@@ -177,7 +197,7 @@ def _radius_class(peak_est: np.ndarray, fwhm: float, beta: float, drifting: bool
     return radii[choice]
 
 
-def _streak_image(acc: np.ndarray, shape: tuple[int, int], s, fwhm: float, beta: float) -> None:
+def _streak_image(acc: _Canvas, shape: tuple[int, int], s, fwhm: float, beta: float) -> None:
     """Add a straight line of ``s.adu_per_px`` per pixel length, Moffat line-spread profile."""
     ny, nx = shape
     alpha = moffat_alpha(fwhm, beta)
@@ -209,7 +229,7 @@ def _streak_image(acc: np.ndarray, shape: tuple[int, int], s, fwhm: float, beta:
     else:
         rows, cols = majors, minor
     ok = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
-    acc += np.bincount((rows * nx + cols)[ok], weights=prof[ok], minlength=ny * nx)
+    acc.add((rows * nx + cols)[ok], prof[ok])
 
 
 def _bleed(img: np.ndarray, sat: float, dq: np.ndarray) -> None:
@@ -340,7 +360,7 @@ def render_ccd(scene: CcdScene, options: RenderOptions = RenderOptions()) -> Ccd
     sky = scene.sky_adu if options.sky else 0.0
     sky_sigma = math.sqrt(max(scene.sky_adu, 0.0) * scene.gain + scene.read_noise_e ** 2) / scene.gain
 
-    acc = np.zeros(ny * nx, np.float64)
+    acc = _Canvas(ny * nx)
     trails = _empty_trails()
     if n:
         # --- sub-step positions: WCS at a few times, linear in between
@@ -445,23 +465,26 @@ def render_ccd(scene: CcdScene, options: RenderOptions = RenderOptions()) -> Ccd
                            "amplitude": s.adu_per_px, "x_start": s.x0, "y_start": s.y0,
                            "x_end": s.x1, "y_end": s.y1})
 
-    img = acc.reshape(ny, nx)
+    img = acc.image().reshape(ny, nx)
     if sky:
         grad = 1.0 + scene.sky_gradient * (np.arange(ny) / max(ny - 1, 1) - 0.5)
-        img += sky * grad[:, None]
+        img += (sky * grad[:, None]).astype(np.float32)
     dq = np.zeros((ny, nx), np.uint8)
     sat = scene.saturate_adu
     if options.saturation:
         _bleed(img, sat, dq)
     if options.noise:
-        expected_e = np.maximum(img, 0.0) * scene.gain
+        gain = np.float32(scene.gain)
+        expected_e = np.maximum(img, np.float32(0.0)) * gain
         z = rng.standard_normal((ny, nx), dtype=np.float32)
-        noisy = img + np.sqrt(expected_e + scene.read_noise_e ** 2) / scene.gain * z
+        sigma = np.sqrt(expected_e + np.float32(scene.read_noise_e ** 2))
+        sigma *= z
+        sigma /= gain
         low = expected_e < 50.0
+        img = img + sigma
         if low.any():
             pois = rng.poisson(expected_e[low]) + rng.normal(0, scene.read_noise_e, int(low.sum()))
-            noisy[low] = pois / scene.gain
-        img = noisy
+            img[low] = (pois / scene.gain).astype(np.float32)
     image = img.astype(np.float32)
     if options.saturation:
         image[dq == CP_DQ["saturated"]] = sat
