@@ -36,6 +36,9 @@ from driftwatch.config import WorkersConfig
 log = logging.getLogger(__name__)
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """What :func:`run_task` returns: the function's summary and where and how it ran."""
@@ -89,6 +92,11 @@ class LocalExecutor:
                  preload: tuple[str, ...] = ()) -> None:
         self.count = count
         self.max_tasks_per_worker = max_tasks_per_worker
+        # One BLAS/OpenMP thread per worker: workers.count processes already fill the cores,
+        # and more threads per process only oversubscribe them. Inherited by the fork server
+        # when it starts (Dask's nanny does the same for its workers).
+        for var in _THREAD_VARS:
+            os.environ.setdefault(var, "1")
         self._ctx = multiprocessing.get_context("forkserver")
         # Modules imported once in the fork server, so a recycled worker starts in milliseconds.
         self._ctx.set_forkserver_preload(["driftwatch.service.executor", *preload])
