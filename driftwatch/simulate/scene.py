@@ -14,7 +14,7 @@ maximum of A(t) - 1 equals ``duration_s``. The profile is symmetric about t_peak
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import numpy as np
 from astropy.wcs import WCS
@@ -120,6 +120,15 @@ class RenderOptions:
     scintillation: bool = True
     sky: bool = True
 
+    @classmethod
+    def noiseless(cls, sky: bool = True) -> "RenderOptions":
+        """Expected counts only: no noise, cosmic rays or bad columns (events, streaks kept)."""
+        return cls(noise=False, cosmics=False, bad_columns=False, sky=sky)
+
+    def without_events(self) -> "RenderOptions":
+        """The same switches with no injected brightenings, flashes or streaks."""
+        return replace(self, events=False, streaks=False)
+
 
 @dataclass(frozen=True)
 class CcdScene:
@@ -155,7 +164,6 @@ class CcdScene:
     n_bad_columns: int = 3
     sky_gradient: float = 0.004
     cosmic_flag_fraction: float = 0.9
-    extra: dict = field(default_factory=dict)
 
     @property
     def drifting(self) -> bool:
