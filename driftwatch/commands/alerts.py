@@ -61,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{n} failed alert(s) re-queued")
             return 0
         from driftwatch.alerts.sender import AlertSender
+        from driftwatch.config import secret_env_name
 
+        with store.session_scope() as s:
+            routes = {r.route for r in outbox.list_alerts(s, pending_only=True, limit=100_000)}
+        missing = sorted(r for r in routes if r not in cfg.alerts.webhooks)
+        if missing and not cfg.alerts.dry_run:
+            creds = [cfg.alerts.routes.get(r, "?") for r in missing]
+            raise AlertError(f"no webhook credential for route(s) {', '.join(missing)} (set "
+                             f"{', '.join(secret_env_name(c) for c in creds)} or put the URL in "
+                             "$CREDENTIALS_DIRECTORY)")
         sender = AlertSender(cfg, store)
         sender.acquire()
         try:

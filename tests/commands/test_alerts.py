@@ -69,6 +69,8 @@ def test_list_retry_send(tmp_path, cfg_path, server, monkeypatch, capsys):
     assert "invalid_payload" in capsys.readouterr().out
     assert cli.main(["alerts", "retry", *args]) == 0
     assert "1 failed alert(s) re-queued" in capsys.readouterr().out
+    assert cli.main(["alerts", "send", *args]) == 1  # no credential: says which, at once
+    assert "DRIFTWATCH_SLACK_WEBHOOK" in capsys.readouterr().err
     monkeypatch.setenv("DRIFTWATCH_SLACK_WEBHOOK", server.url(SECRET_PATH))
     assert cli.main(["alerts", "send", *args]) == 0
     assert [e["payload"]["text"].split(" (")[0] for e in server.received] == [
