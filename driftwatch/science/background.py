@@ -62,6 +62,25 @@ class Background:
         """Return the per-pixel noise at full resolution, float32, shape (ny, nx), ADU."""
         return self._full(self.rms)
 
+    def apply(self, data: np.ndarray, which: str, op: str) -> None:
+        """Subtract (``op="sub"``) or divide by (``"div"``) the ``back``/``rms`` map in place.
+
+        ``data`` is a C-contiguous float32 array of the CCD shape. Works through a broadcast
+        view of the subsampled map, without building the full-resolution map.
+        """
+        m = self.back if which == "back" else self.rms
+        ny, nx = self.shape
+        st = self.step
+        if st > 1 and ny % st == 0 and nx % st == 0 and data.flags.c_contiguous:
+            view = data.reshape(ny // st, st, nx // st, st)
+            rhs = m[:, None, :, None]
+        else:
+            view, rhs = data, self._full(m)
+        if op == "sub":
+            view -= rhs
+        else:
+            view /= rhs
+
     def back_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Return the sky level (ADU) at pixel positions ``x, y`` (any shape, nearest sample)."""
         return self.back[self._iy(y), self._ix(x)]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 
 import numpy as np
+import scipy.ndimage as ndi
 import sep
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
@@ -208,7 +209,7 @@ def measure_sources(image: np.ndarray, wcs: WCS, background: Background, *, fwhm
     gain : float, optional
         e-/ADU, adds the source Poisson noise to the errors.
     threshold_sigma : float
-        Detection threshold per pixel, in units of the noise map (after sep's 3x3 filter).
+        Detection threshold: S/N per pixel of the PSF-matched filtered image.
     min_area : int
         Minimum connected pixels above the threshold.
 
@@ -225,23 +226,33 @@ def measure_sources(image: np.ndarray, wcs: WCS, background: Background, *, fwhm
         raise ScienceError(f"exposure time must be positive, got {exptime}")
     if not (fwhm_px and fwhm_px > 0 and math.isfinite(fwhm_px)):
         raise ScienceError(f"PSF FWHM must be positive, got {fwhm_px}")
-    data = np.ascontiguousarray(image, dtype=np.float32)  # native byte order for sep
-    back = background.full_back()
-    rms = np.ascontiguousarray(background.full_rms(), dtype=np.float32)
-    sub = data - back
+    # A native-byte-order float32 copy for sep (FITS data are big-endian).
+    sub = np.array(image, dtype=np.float32, order="C", copy=True)
+    background.apply(sub, "back", "sub")
     bad = ~np.isfinite(sub)
     if mask is not None:
         bad |= mask
     if bad.any():
         sub[bad] = 0.0
     bad = np.ascontiguousarray(bad)
+    # Detection on the PSF-matched S/N image, sum(k * d) / (rms * sqrt(sum(k^2))), computed with
+    # two 1-D passes; sep's own matched filter with a noise array does the same 2-D arithmetic
+    # ~5x slower. sep then only segments and deblends above ``threshold_sigma``.
+    sigma = fwhm_px * _FWHM_TO_SIGMA
+    h = max(1, int(math.ceil(2.0 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-h, h + 1) / sigma) ** 2).astype(np.float32)
+    snr_img = ndi.correlate1d(sub, taps, axis=1, mode="constant")
+    ndi.correlate1d(snr_img, taps, axis=0, mode="constant", output=snr_img)
+    background.apply(snr_img, "rms", "div")
+    snr_img *= np.float32(1.0 / float(np.sum(taps.astype(np.float64) ** 2)))
     try:
-        obj = sep.extract(sub, threshold_sigma, err=rms, mask=bad, minarea=min_area,
-                          deblend_cont=0.005, clean=True)
+        obj = sep.extract(snr_img, threshold_sigma, mask=bad, minarea=min_area,
+                          filter_kernel=None, deblend_cont=0.005, clean=True)
     except Exception as exc:  # sep reports overflows and allocation failures this way
         raise ScienceError(f"source extraction failed ({band}): {exc}") from exc
+    del snr_img
     n = len(obj)
-    ny, nx = data.shape
+    ny, nx = sub.shape
     if n:
         sig = np.full(n, fwhm_px * _FWHM_TO_SIGMA)
         xw, yw, wflag = sep.winpos(sub, obj["x"], obj["y"], sig, mask=bad)
@@ -250,17 +261,25 @@ def measure_sources(image: np.ndarray, wcs: WCS, background: Background, *, fwhm
         x = np.where(off, obj["x"], xw)
         y = np.where(off, obj["y"], yw)
         r_ap = 2.0 * fwhm_px
-        flux, ferr, aflag = sep.sum_circle(sub, x, y, r_ap, err=rms, mask=bad,
-                                           gain=gain if gain else None)
+        flux, _, aflag = sep.sum_circle(sub, x, y, r_ap, mask=bad)
+        # Errors: sky + read noise from the local noise map, plus the source's Poisson noise.
+        var = math.pi * r_ap**2 * background.rms_at(x, y).astype(float) ** 2
+        if gain:
+            var = var + np.clip(flux, 0.0, None) / gain
+        ferr = np.sqrt(var)
         sat = np.zeros(n, dtype=bool)
         if sat_mask is not None:
-            sflux, _, _ = sep.sum_circle(np.ascontiguousarray(sat_mask, dtype=np.float32),
-                                         x, y, r_ap)
-            sat = sflux > 0
+            _, _, sflag = sep.sum_circle(sub, x, y, r_ap,
+                                         mask=np.ascontiguousarray(sat_mask, dtype=bool))
+            sat = (sflag & sep.APER_HASMASKED) != 0
         flags = (obj["flag"].astype(np.int32) | aflag.astype(np.int32)
                  | np.where(off, 0x100, 0)).astype(np.int16)
         ra, dec = wcs.all_pix2world(x, y, 0)
-        peak = obj["peak"].astype(np.float32)
+        # Highest unfiltered pixel in the 3x3 box around the centroid.
+        ix = np.clip(np.rint(x).astype(np.intp), 1, nx - 2)
+        iy = np.clip(np.rint(y).astype(np.intp), 1, ny - 2)
+        peak = np.max(np.stack([sub[iy + dy, ix + dx] for dy in (-1, 0, 1)
+                                for dx in (-1, 0, 1)]), axis=0).astype(np.float32)
     else:
         x = y = ra = dec = flux = ferr = np.zeros(0)
         sat = np.zeros(0, dtype=bool)

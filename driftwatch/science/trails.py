@@ -54,6 +54,8 @@ _SHIFT_RANGE = 12.0
 #: A detection is compact (not a trail) when the light outside its brightest FWHM-wide
 #: stretch along the trail has a S/N below this.
 _COMPACT_REST_SNR = 3.0
+#: Trails at least this bright (filter S/N) measure the common transparency trend.
+_TREND_MIN_SNR = 50.0
 _SHIFT_STEP = 0.5
 
 
@@ -98,6 +100,10 @@ class TrailDetections:
         ``"separable"`` (trail along x) or ``"fft"`` (any other direction).
     n_compact : int
         Compact (non-trail) peaks found and, unless asked otherwise, left out.
+    trend : float
+        Common fractional brightness change from the start to the end of the trails (the
+        transparency trend over the exposure, from trails with S/N >= 50; 0 when too few),
+        included in the along-trail position fit.
     """
 
     x0: np.ndarray
@@ -118,6 +124,7 @@ class TrailDetections:
     noise_scale: float
     method: str
     n_compact: int = 0
+    trend: float = 0.0
 
     @property
     def n(self) -> int:
@@ -377,9 +384,31 @@ def _suppress(x: np.ndarray, y: np.ndarray, snr: np.ndarray, along: float, ux: f
     return keep
 
 
+def _common_trend(p0: np.ndarray, p1: np.ndarray, box: np.ndarray, ramp: np.ndarray,
+                  k0: np.ndarray, snr: np.ndarray) -> float:
+    """Median fractional brightness trend (end minus start) of the bright trails, or 0."""
+    bright = snr >= _TREND_MIN_SNR
+    if np.count_nonzero(bright) < 5:
+        return 0.0
+    g00 = np.sum(box * box, axis=1)
+    g01 = np.sum(box * ramp, axis=1)
+    g11 = np.sum(ramp * ramp, axis=1)
+    idx = np.flatnonzero(bright)
+    kk = k0[idx]
+    a0, a1 = p0[idx, kk], p1[idx, kk]
+    det = g00[kk] * g11[kk] - g01[kk] ** 2
+    amp = (g11[kk] * a0 - g01[kk] * a1) / det
+    slope = (g00[kk] * a1 - g01[kk] * a0) / det
+    ok = amp > 0
+    if np.count_nonzero(ok) < 5:
+        return 0.0
+    trend = float(np.median(slope[ok] / amp[ok]))
+    return float(np.clip(trend, -0.5, 0.5)) if np.isfinite(trend) else 0.0
+
+
 def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | None,
             background: Background, xp: np.ndarray, yp: np.ndarray, geometry: DriftGeometry,
-            fwhm_px: float, gain: float | None) -> dict[str, np.ndarray]:
+            fwhm_px: float, gain: float | None, snr_hint: np.ndarray) -> dict[str, np.ndarray]:
     """Measure sub-pixel centres, fluxes and flags of all detections at once."""
     ny, nx = image.shape
     n = xp.size
@@ -425,12 +454,26 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # the PSF) that best correlates with the measured profile; only the trail ends carry this
     # information, and the correlation weighs them optimally for white noise. A flux-weighted
     # centroid would be ~1.5x noisier and biased by any brightness change during the exposure.
+    # The atmosphere's transparency drifts during the exposure identically for every star of the
+    # CCD; a linear trend tilts every trail's plateau and would shift every fitted position the
+    # same way (a bias the WCS fit cannot see). The template therefore includes the common
+    # trend, measured on the bright trails: model = box + beta * ramp (ramp = time fraction).
     wc = np.exp(-0.5 * ((c[None, :] - cc[:, None]) / sigma) ** 2)   # (n, nc)
     prof_a = np.einsum("nac,nc->na", w, wc, dtype=np.float64)
     shifts = np.arange(-shift_max, shift_max + 1e-9, _SHIFT_STEP)
     rel = a[None, :] - shifts[:, None]
-    model = (ndtr((rel + half_len) / sigma) - ndtr((rel - half_len) / sigma))   # (ns, na)
-    corr = prof_a @ model.T                                                      # (n, ns)
+    v1, v2 = (rel - half_len) / sigma, (rel + half_len) / sigma
+    box = ndtr(v2) - ndtr(v1)                                                   # (ns, na)
+    # Box weighted by u / L (u: position along the trail from its centre), convolved with the
+    # Gaussian: (rel * box + sigma * (pdf(v1) - pdf(v2))) / L in closed form.
+    pdf1 = np.exp(-0.5 * v1 * v1) / math.sqrt(2.0 * math.pi)
+    pdf2 = np.exp(-0.5 * v2 * v2) / math.sqrt(2.0 * math.pi)
+    ramp = (rel * box + sigma * (pdf1 - pdf2)) / max(2.0 * half_len, 1e-9)
+    p0 = prof_a @ box.T                                                         # (n, ns)
+    p1 = prof_a @ ramp.T
+    k0 = np.argmax(p0, axis=1)
+    beta = _common_trend(p0, p1, box, ramp, k0, snr_hint)
+    corr = p0 + beta * p1
     k = np.clip(np.argmax(corr, axis=1), 1, shifts.size - 2)
     rows_n = np.arange(n)
     cm, c0, cp = corr[rows_n, k - 1], corr[rows_n, k], corr[rows_n, k + 1]
@@ -476,7 +519,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     compact = (rest / sig_rest < _COMPACT_REST_SNR) & ~saturated
     return dict(x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
                 flux_err=np.sqrt(var).astype(np.float32), saturated=saturated, masked=masked,
-                edge=edge, compact=compact)
+                edge=edge, compact=compact, trend=np.full(n, beta))
 
 
 def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Background, *,
@@ -547,13 +590,14 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
     order = np.argsort(-psnr[keep], kind="stable")
     xp, yp, psnr = xp[keep][order], yp[keep][order], psnr[keep][order]
     img = np.asarray(image)
-    ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain)
+    ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain, psnr)
     compact = ref.pop("compact")
+    trend = float(ref.pop("trend")[0]) if psnr.size else 0.0
     n_compact = int(np.count_nonzero(compact))
     if n_compact and reject_compact:
         keep = ~compact
         ref = {k: v[keep] for k, v in ref.items()}
         psnr = psnr[keep]
-    return TrailDetections(n_compact=n_compact, snr=psnr.astype(np.float32), geometry=geometry, fwhm_px=float(fwhm_px),
+    return TrailDetections(n_compact=n_compact, trend=trend, snr=psnr.astype(np.float32), geometry=geometry, fwhm_px=float(fwhm_px),
                            threshold_sigma=float(threshold_sigma), noise_scale=float(measured),
                            method=method, **ref)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import queue
 import time
 from collections.abc import Callable, Iterable
@@ -52,7 +53,7 @@ from driftwatch.service.planner import (
     catalogue_out_path, exposure_out_dir, refresh_exposure_state,
 )
 from driftwatch.store import jobs as jobstate
-from driftwatch.store.db import Store
+from driftwatch.store.db import Store, acquire_writer_lock, release_writer_lock
 from driftwatch.store.models import (
     DONE, FAILED, KIND_CATALOGUE, KIND_CCD, QUEUED, RUNNING, SKIPPED, Candidate, CcdJob,
     Exposure, utcnow,
@@ -173,6 +174,7 @@ class Dispatcher:
         self._generation = 0
         self._lost_in_generation: dict[int, int] = {}
         self._suspects: set[int] = set()
+        self._lock: Path | None = None
 
     # -----------------------------------------------------------------------------------------
     @property
@@ -216,8 +218,14 @@ class Dispatcher:
         """Put jobs left 'running' by a dead process back in the queue (start-up only).
 
         The interrupted try counts: a job that kills the whole service each time fails for good
-        after ``workers.max_attempts`` instead of looping.
+        after ``workers.max_attempts`` instead of looping. Takes the writer lock of
+        ``paths.state`` first (held until :meth:`shutdown`), so that a second dispatching
+        process (a daemon and a reprocess) stops with a clear error instead of taking the
+        first one's running jobs away.
         """
+        if self._lock is None:
+            self._lock = acquire_writer_lock(self.cfg.paths.state,
+                                             f"a driftwatch dispatcher (pid {os.getpid()})")
         now = self.clock()
         n = 0
         with self.store.session_scope() as s:
@@ -498,4 +506,7 @@ class Dispatcher:
                         len(self._inflight))
             self._inflight.clear()
         self.executor.shutdown(wait=False)
+        if self._lock is not None:
+            release_writer_lock(self._lock)
+            self._lock = None
         return recorded, handed_back

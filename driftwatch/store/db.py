@@ -170,29 +170,62 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     return Store(url, migrate=migrate)
 
 
-@contextmanager
-def writer_lock(state_dir: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``<state>/writer.lock`` while one process writes the queue.
+_HELD_LOCKS: dict[str, list[int]] = {}   # lock path -> [fd, holders in this process]
 
-    The daemon and ``driftwatch reprocess`` both dispatch jobs and would put each other's
-    running jobs back in the queue; the second one to start stops with a clear message. The
-    lock dies with its process (kill -9 included), so there is no stale lock to clean.
+
+def acquire_writer_lock(state_dir: Path, what: str) -> Path:
+    """Take the exclusive lock ``<state>/writer.lock`` (re-entrant within one process).
+
+    The daemon and ``driftwatch reprocess`` both dispatch jobs, and each would put the other's
+    running jobs back in the queue at start-up: the second one to start stops with a clear
+    message instead. The lock dies with its process (kill -9 included): no stale lock to clean.
+
+    Raises
+    ------
+    StoreError
+        Another process holds the lock (the message names it).
     """
     import fcntl
     import os
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "writer.lock"
+    path = (state_dir / "writer.lock").resolve()
+    held = _HELD_LOCKS.get(str(path))
+    if held is not None:
+        held[1] += 1
+        return path
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = Path(path).read_text().strip() or "another process"
-            raise StoreError(f"{path}: the job database is being written by {holder}; "
-                             f"stop it before running {what}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{what} (pid {os.getpid()})".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = path.read_text().strip() or "another process"
+        raise StoreError(f"{path}: the job database is being written by {holder}; "
+                         f"stop it before running {what}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{what} (pid {os.getpid()})".encode())
+    _HELD_LOCKS[str(path)] = [fd, 1]
+    return path
+
+
+def release_writer_lock(path: Path) -> None:
+    """Release one hold of a lock taken by :func:`acquire_writer_lock`."""
+    import os
+
+    held = _HELD_LOCKS.get(str(path))
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD_LOCKS[str(path)]
+        os.close(held[0])
+
+
+@contextmanager
+def writer_lock(state_dir: Path, what: str) -> Iterator[None]:
+    """Hold the writer lock for the duration of a block (see :func:`acquire_writer_lock`)."""
+    path = acquire_writer_lock(state_dir, what)
+    try:
         yield
     finally:
-        os.close(fd)
+        release_writer_lock(path)

@@ -171,3 +171,13 @@ def test_operator_script_logs_to_a_file(night):
                        env=env(DRIFTWATCH_CONFIG=str(cfg), DRIFTWATCH_LOG_DIR=str(logs)),
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "reprocess-bad-night.log" in r.stderr
+
+
+def test_second_dispatching_process_is_refused(night):
+    from driftwatch.store.db import writer_lock
+
+    root, cfg = night
+    with writer_lock(root / "state", "driftwatch run (test)"):
+        r = reprocess(cfg)
+    assert r.returncode == 1 and "being written by driftwatch run (test)" in r.stderr
+    assert reprocess(cfg).returncode == 0

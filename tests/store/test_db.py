@@ -119,10 +119,18 @@ def test_upgrade_from_oldest_keeps_rows_and_new_columns_work(tmp_path):
     store.dispose()
 
 
-def test_writer_lock(tmp_path):
+def test_writer_lock_excludes_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from driftwatch.store.db import writer_lock\n"
+            "with writer_lock(Path(sys.argv[1]), 'second'): pass")
     with writer_lock(tmp_path, "first"):
-        with pytest.raises(StoreError, match="first"):
-            with writer_lock(tmp_path, "second"):
-                pass
-    with writer_lock(tmp_path, "third"):
-        pass
+        with writer_lock(tmp_path, "re-entrant in the same process"):
+            pass
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode != 0 and "being written by first" in r.stderr
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
