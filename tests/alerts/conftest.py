@@ -15,7 +15,8 @@ from driftwatch.tasks import CandidateSummary
 SECRET_PATH = "/services/T0TEST/B0TEST/sEcReTtOkEn0123456789"
 
 
-def make_config(tmp_path: Path, webhook_url: str | None = None, **alerts) -> Config:
+def make_config(tmp_path: Path, webhook_url: str | None = None, *,
+                extra_env: dict[str, str] | None = None, **alerts) -> Config:
     data = {
         "paths": {"watch": [str(tmp_path / "in")], "products": str(tmp_path / "products"),
                   "state": str(tmp_path / "state")},
@@ -23,6 +24,7 @@ def make_config(tmp_path: Path, webhook_url: str | None = None, **alerts) -> Con
                    "retry_max_backoff_s": 0.5, "timeout_s": 2.0, **alerts},
     }
     env = {"DRIFTWATCH_SLACK_WEBHOOK": webhook_url} if webhook_url else {}
+    env.update(extra_env or {})
     return config_from_dict(data, base=tmp_path, environ=env)
 
 

@@ -232,3 +232,22 @@ def test_malformed_webhook_is_reported_without_the_url():
     bad = Secret("htps:/hooks.example/services/T1/B2/zzzzSECRETzzzz", "x")
     result = post_webhook(bad, {"text": "t"}, timeout_s=1)
     assert result.status is None and result.error and "zzzzSECRETzzzz" not in result.error
+
+
+def test_per_kind_routes_go_to_their_own_webhook(tmp_path, store, httpserver):
+    main = _serve(httpserver)
+    flashes = Script()
+    httpserver.expect_request("/services/FLASH", method="POST").respond_with_handler(flashes)
+    cfg = make_config(tmp_path, httpserver.url_for(SECRET_PATH),
+                      extra_env={"DRIFTWATCH_FLASH_HOOK": httpserver.url_for("/services/FLASH")},
+                      routes={"default": "slack-webhook", "fl": "flash-hook"},
+                      kind_routes={"flash": "fl"})
+    with store.session_scope() as s:
+        outbox.queue_exposure_alert(s, cfg, exposure(1), [candidate(0), candidate(1, kind="flash")])
+        outbox.queue_exposure_alert(s, cfg, exposure(2), [candidate(2, kind="flash")])
+        outbox.queue_file_incomplete(s, cfg, "/in/x.fits.fz", 900)  # ops: default route
+    assert AlertSender(cfg, store).run_until_idle(10) == 0
+    assert [b["text"][:36] for b in main.bodies] == ["1 transient candidate in exposure 1 ",
+                                                     ":hourglass: a file never completed: "]
+    assert _expnums(flashes) == ["1", "2"]
+    assert all("flash" in b["text"] for b in flashes.bodies)
