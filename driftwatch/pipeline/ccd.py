@@ -5,9 +5,9 @@ that cannot be read, a CCD without stars or a failed stage gives ``ok=False`` wi
 naming the file, the CCD and the problem, and no product folder (products are written to a
 temporary folder and renamed into place only when complete). Each stage is timed.
 
-Stages: ``read`` (pixels, WCS, DQ) -> ``background`` -> ``detect`` (trails) -> ``sky`` ->
-``extract`` (light curves) -> ``normalise`` -> ``events`` -> ``classify`` (all sources, flash
-candidates) -> ``write`` (tables, WCS, provenance, PNGs).
+Stages: ``read`` (pixels, WCS, DQ) -> ``background`` -> ``detect`` (trails) -> ``classify``
+(all sources; streaks masked, flash candidates) -> ``sky`` -> ``extract`` (light curves) ->
+``normalise`` -> ``events`` -> ``write`` (tables, WCS, provenance, PNGs).
 """
 
 from __future__ import annotations
@@ -106,12 +106,12 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
 def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.io.decam import read_ccd, read_dq
     from driftwatch.science.background import mask_from_dq, measure_background
-    from driftwatch.science.classify import classify_sources
+    from driftwatch.science.classify import classify_sources, streak_mask
     from driftwatch.science.events import duration_grid, search_events
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
-        extract_light_curves, footprint_labels, measure_profile,
+        extract_trails, footprint_labels,
     )
     from driftwatch.science.sky import local_sky
     from driftwatch.science.trails import detect_trails
@@ -144,6 +144,18 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     with timer.stage("detect"):
         det = detect_trails(image, geom, bg, fwhm_px=fwhm, mask=mask, sat_mask=sat_mask,
                             threshold_sigma=p.detect_threshold_sigma, gain=ccd.gain)
+    with timer.stage("classify"):
+        data = image - bg.full_back()
+        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4, 8))
+        src = classify_sources(data, bg.global_rms, geom, psf_sigma=fwhm / _FWHM,
+                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
+        del data
+        streaks = streak_mask(image.shape, src, half_width=1.5 * fwhm)
+        if streaks.any():
+            # samples crossed by a satellite streak are flagged (CP code 8) and never searched
+            dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
+            dq[streaks & (dq == 0)] = 8
+            notes.append(f"{int((src.cls == 'streak').sum())} streak(s) masked")
     n = det.n
     star_id = np.full(n, None, dtype=object)
     mag = np.full(n, np.nan)
@@ -161,36 +173,29 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))
         sky_level = np.where(np.isfinite(sky.level), sky.level, bg.back_at(det.xc, det.yc))
     with timer.stage("extract"):
-        blended = ((labels[0][np.clip(np.rint(det.yc).astype(int), 0, image.shape[0] - 1),
-                              np.clip(np.rint(det.xc).astype(int), 0, image.shape[1] - 1)]
-                    != np.arange(1, n + 1)))
-        isolated = ~det.saturated & ~det.edge & ~blended
-        profile = measure_profile(image, det.x0, det.y0, geom, sky_level, fwhm_guess=fwhm,
-                                  use=isolated)
+        lc, profile, contamination = extract_trails(
+            image, det.x0, det.y0, geom, fwhm_guess=fwhm, flux_guess=det.flux, sky=sky_level,
+            gain=ccd.gain, read_noise=ccd.read_noise, saturate=ccd.saturate, dq=dq,
+            labels=labels, usable=~det.saturated & ~det.edge)
         sigma = profile.sigma
-        lc = extract_light_curves(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
-                                  gain=ccd.gain, read_noise=ccd.read_noise,
-                                  saturate=ccd.saturate, dq=dq, labels=labels)
     with timer.stage("normalise"):
-        refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge
+        refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
+            (contamination.fraction < 0.05)
         nm = normalise(lc.flux, lc.err, lc.good, refs)
         if nm.is_reference.sum() < 3:
             notes.append(f"only {int(nm.is_reference.sum())} reference stars: not normalised")
     with timer.stage("events"):
-        searchable = (nm.baseline > 0) & ~det.saturated
+        # a trail dominated by a neighbour's modelled light cannot be trusted to show events
+        searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
+            (contamination.fraction < 0.3)
+        bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
                            durations=duration_grid(p.event_min_duration_s,
                                                    p.event_max_duration_s),
                            threshold=p.event_threshold_sigma, chi=nm.chi,
-                           searchable=searchable)
-    with timer.stage("classify"):
-        data = image - bg.full_back()
-        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4, 8))
-        src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma,
-                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
-        del data
-
+                           searchable=searchable, shift=lc.shift / bl,
+                           shift_err=lc.shift_err / bl)
     # --- tables -------------------------------------------------------------------------
     trail_ids = np.array([f"{ccd.expnum}-{task.ccd}-{i:04d}" for i in range(n)], dtype=object)
     ra0, dec0 = (wcs.all_pix2world(det.x0, det.y0, 0) if n else (np.zeros(0), np.zeros(0)))
@@ -202,6 +207,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "sky": sky_level, "sky_sigma": sky.sigma, "baseline": nm.baseline,
         "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
         "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
+        "contamination": contamination.fraction,
     }
     m = lc.shape[1]
     t = lc.t
@@ -217,17 +223,25 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     cands: list[CandidateSummary] = []
     stamps: list[dict[str, Any]] = []
     points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma))
-    cx = np.concatenate([lc.x[ev.star, ev.sample], src.x[points]])
-    cy = np.concatenate([lc.y[ev.star, ev.sample], src.y[points]])
+    ux, uy = geom.unit
+    cx = np.concatenate([lc.x[ev.star, ev.sample] - uy * ev.offset_px, src.x[points]])
+    cy = np.concatenate([lc.y[ev.star, ev.sample] + ux * ev.offset_px, src.y[points]])
     cra, cdec = (wcs.all_pix2world(cx, cy, 0) if cx.size else (np.zeros(0), np.zeros(0)))
     for k in range(len(ev)):
         i = int(ev.star[k])
-        cands.append(CandidateSummary(
-            kind=str(ev.kind[k]), star_id=star_id[i], ra=float(cra[k]), dec=float(cdec[k]),
-            x=float(cx[k]), y=float(cy[k]),
-            t_peak_s=float(ev.t_peak_s[k]), duration_s=float(ev.duration_s[k]),
-            amplitude=float(ev.amplitude[k]), significance=float(ev.significance[k]),
-            mag=None if not np.isfinite(mag[i]) else float(mag[i])))
+        if ev.kind[k] == "flash":  # a flash on the trail: not the star's, time unknown
+            cands.append(CandidateSummary(
+                kind="flash", star_id=None, ra=float(cra[k]), dec=float(cdec[k]),
+                x=float(cx[k]), y=float(cy[k]), t_peak_s=float("nan"), duration_s=0.0,
+                amplitude=float(ev.fluence[k] * nm.baseline[i] / geom.seconds_per_px),
+                significance=float(ev.significance[k])))
+        else:
+            cands.append(CandidateSummary(
+                kind=str(ev.kind[k]), star_id=star_id[i], ra=float(cra[k]),
+                dec=float(cdec[k]), x=float(cx[k]), y=float(cy[k]),
+                t_peak_s=float(ev.t_peak_s[k]), duration_s=float(ev.duration_s[k]),
+                amplitude=float(ev.amplitude[k]), significance=float(ev.significance[k]),
+                mag=None if not np.isfinite(mag[i]) else float(mag[i])))
         stamps.append({"trail": i, "k": k})
     for q, j in enumerate(points, start=len(ev)):
         # a flash does not drift: its time within the exposure is not measurable (NaN)

@@ -4,13 +4,16 @@ Sources are found by sep (a PSF-matched filter on the background-subtracted imag
 deblending, so a satellite streak stays one object), and each is classified from its second
 moments and the trail detections:
 
-- ``streak``: much longer than a star trail (``> streak_factor`` x trail length) and thin, at
-  any angle; a streak that crosses star trails absorbs them into one object and stays a streak.
+- ``streak``: much longer than a star trail (``> streak_factor`` x trail length; ``> 4`` x
+  along the drift, where collinear overlapping trails merge) and thin, at any angle; a streak
+  that crosses star trails absorbs them into one object and stays a streak; its line is found
+  by a Hough transform of its pixels.
 - ``cosmic_ray``: sharper than the PSF (minor-axis rms below ``sharp_factor`` x PSF sigma, or
   a peak holding far more of the flux than a PSF can).
 - ``trail``: contains a detected trail, or is elongated along the drift with a trail's length.
-- ``point``: round, PSF-sized, away from the CCD edge: it did not drift, so it lasted much less
-  than the seeing crossing time: a candidate millisecond flash.
+- ``point``: round, PSF-sized, away from the CCD edge (2 FWHM), with no light along the drift
+  beyond its PSF (a fragment of a faint undetected trail has): it did not drift, so it lasted
+  much less than the seeing crossing time: a candidate millisecond flash.
 - ``artefact``: anything else (edge fragments, bad columns, ghosts).
 
 Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
@@ -25,7 +28,7 @@ import sep
 
 from driftwatch.science.geometry import DriftGeometry
 
-__all__ = ["CLASSES", "Sources", "classify_sources", "psf_photometry"]
+__all__ = ["CLASSES", "Sources", "classify_sources", "psf_photometry", "streak_mask"]
 
 CLASSES: tuple[str, ...] = ("trail", "point", "streak", "cosmic_ray", "artefact")
 
@@ -56,6 +59,13 @@ class Sources:
         One of :data:`CLASSES`.
     trail : ndarray, int64, shape (k,)
         Index of a detected trail inside the source (-1: none).
+    line_theta, line_rho : ndarray, float64, shape (k,)
+        For streaks, the Hough line ``x cos(theta) + y sin(theta) = rho`` of its pixels
+        (NaN otherwise): the moments of a streak that crossed star trails are biased by them,
+        the line is not.
+    extension : ndarray, float64, shape (k,)
+        Flux along the drift beyond the PSF fit (box along the trail minus PSF flux), in units
+        of the box noise: large for a fragment of a faint undetected trail, ~0 for a flash.
     """
 
     x: np.ndarray
@@ -70,6 +80,9 @@ class Sources:
     psf_flux: np.ndarray
     cls: np.ndarray
     trail: np.ndarray
+    line_theta: np.ndarray
+    line_rho: np.ndarray
+    extension: np.ndarray
 
     def __len__(self) -> int:
         return int(self.x.size)
@@ -180,17 +193,112 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
                (objs["xmax"] >= nx - 1 - edge) | (objs["ymax"] >= ny - 1 - edge))
 
     cls = np.full(k, "artefact", dtype=object)
-    streak = (length > streak_factor * (L + 4 * psf_sigma)) & (a > 4.0 * b)
+    along = dang < np.radians(10.0)
+    streak = (length > np.where(along, 4.0 * L, streak_factor * (L + 4 * psf_sigma))) & \
+        (a > 4.0 * b)
     sharp = (b < sharp_factor * psf_sigma) | (peak_frac > 2.5 * psf_peak)
     trail_shape = (np.abs(length - L) < 0.5 * L + 3 * psf_sigma) & (dang < np.radians(10.0)) & \
         (a > 2.0 * b)
     round_psf = (a < 1.6 * b) & (a > 0.6 * psf_sigma) & (a < 2.5 * psf_sigma)
-    cls[~touches & round_psf] = "point"
+    fwhm = 2.3548 * psf_sigma
+    margin = max(edge, int(np.ceil(2 * fwhm)))
+    near_edge = ((objs["xmin"] <= margin) | (objs["ymin"] <= margin) |
+                 (objs["xmax"] >= nx - 1 - margin) | (objs["ymax"] >= ny - 1 - margin))
+    extension = np.zeros(k)
+    cand = np.flatnonzero(round_psf & ~near_edge)
+    if cand.size:
+        extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
+                                     np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
+                                     geom, fwhm)
+    cls[round_psf & ~near_edge & (extension < 3.0)] = "point"
+    cls[round_psf & ~near_edge & (extension >= 3.0)] = "trail"
     cls[trail_shape] = "trail"
     cls[trail_of >= 0] = "trail"
     cls[sharp & (trail_of < 0)] = "cosmic_ray"
     cls[streak] = "streak"
+    line_theta = np.full(k, np.nan)
+    line_rho = np.full(k, np.nan)
+    for i in np.flatnonzero(streak):  # streaks are rare: a few per CCD at most
+        line_theta[i], line_rho[i] = _hough_line(seg, i + 1, objs[i])
     return Sources(x=x, y=y, a=a, b=b, theta=theta, length=length,
                    npix=objs["npix"].astype(np.int64), flux=objs["flux"].astype(float),
                    snr=np.asarray(snr, float), psf_flux=np.asarray(psf_flux, float),
-                   cls=cls.astype(str), trail=trail_of)
+                   cls=cls.astype(str), trail=trail_of, line_theta=line_theta,
+                   line_rho=line_rho, extension=extension)
+
+
+def _extension(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf_flux: np.ndarray,
+               noise: np.ndarray, geom: DriftGeometry, fwhm: float) -> np.ndarray:
+    """Flux in a trail-shaped box centred on each source beyond its PSF flux, in box sigmas."""
+    from driftwatch.science.photometry import trail_grid
+
+    ux, uy = geom.unit
+    L = geom.length_px
+    h = int(np.ceil(fwhm))
+    g = trail_grid(x - ux * L / 2, y - uy * L / 2, geom, h, data.shape, pad=h)
+    vals = np.where(g.inside, data[g.iy.clip(0, data.shape[0] - 1),
+                                   g.ix.clip(0, data.shape[1] - 1)], 0.0)
+    npix = g.inside.sum(axis=(1, 2))
+    box = vals.sum(axis=(1, 2))
+    sigma_box = noise * np.sqrt(np.maximum(npix, 1))
+    return (box - psf_flux) / sigma_box
+
+
+def _hough_line(seg: np.ndarray, label: int, obj: np.void,
+                max_pixels: int = 40000) -> tuple[float, float]:
+    """Return (theta, rho) of the strongest straight line through a segment's pixels."""
+    y0, y1, x0, x1 = int(obj["ymin"]), int(obj["ymax"]), int(obj["xmin"]), int(obj["xmax"])
+    yy, xx = np.nonzero(seg[y0:y1 + 1, x0:x1 + 1] == label)
+    if xx.size > max_pixels:
+        pick = np.linspace(0, xx.size - 1, max_pixels).astype(np.int64)
+        xx, yy = xx[pick], yy[pick]
+    xx = xx + x0
+    yy = yy + y0
+    thetas = np.radians(np.arange(0.0, 180.0, 0.5))
+    rho = xx[:, None] * np.cos(thetas)[None, :] + yy[:, None] * np.sin(thetas)[None, :]
+    rbin = 2.0
+    rmin = rho.min()
+    ri = ((rho - rmin) / rbin).astype(np.int64)
+    nr = int(ri.max()) + 1
+    votes = np.bincount((ri + nr * np.arange(thetas.size)[None, :]).ravel(),
+                        minlength=nr * thetas.size)
+    best = int(np.argmax(votes))
+    ti, rj = divmod(best, nr)
+    return float(thetas[ti]), float(rmin + (rj + 0.5) * rbin)
+
+
+def streak_mask(shape: tuple[int, int], sources: Sources, *, half_width: float,
+                step: float = 0.5) -> np.ndarray:
+    """Return a boolean mask of the pixels within ``half_width`` of every streak's line.
+
+    Each ``streak`` source is its Hough line, across the whole CCD (a satellite crosses it),
+    rasterised by sampling points every ``step`` pixels along and across.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    sources : Sources
+    half_width : float
+        Pixels on each side of the line (e.g. 1.5 FWHM).
+    """
+    ny, nx = shape
+    mask = np.zeros(shape, dtype=bool)
+    sel = np.flatnonzero((sources.cls == "streak") & np.isfinite(sources.line_theta))
+    if sel.size == 0:
+        return mask
+    diag = float(np.hypot(ny, nx))
+    t = np.arange(-diag, diag + step, step)
+    w = np.arange(-half_width, half_width + step, step)
+    for i in sel:  # a handful of streaks per CCD at most
+        c, s_ = np.cos(sources.line_theta[i]), np.sin(sources.line_theta[i])
+        # foot of the line nearest the source, then along the line (-s, c) and across (c, s)
+        r0 = sources.line_rho[i]
+        along0 = -sources.x[i] * s_ + sources.y[i] * c
+        fx, fy = r0 * c - along0 * s_, r0 * s_ + along0 * c
+        px = fx - t[:, None] * s_ + w[None, :] * c
+        py = fy + t[:, None] * c + w[None, :] * s_
+        ix = np.rint(px).astype(np.int64)
+        iy = np.rint(py).astype(np.int64)
+        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        mask[iy[ok], ix[ok]] = True
+    return mask

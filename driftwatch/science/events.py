@@ -7,7 +7,9 @@ along the trail by the PSF, whose along-trail sigma in time is ``smear_sigma_s =
 seconds_per_px``, so each template is the intrinsic shape convolved with that Gaussian, sampled
 at the light curve's samples. Every light curve is correlated with every template at every
 centre sample (one matrix product over all stars, shapes and centres), giving the weighted
-least-squares intrinsic amplitude and its signal-to-noise ratio ``S``. A dip is the same shape
+least-squares intrinsic amplitude and its signal-to-noise ratio ``S``; a constant baseline is
+fitted at the same time (the template minus its weighted mean), so a star whose normalisation
+level is slightly off does not show a long "event". A dip is the same shape
 with a negative amplitude.
 
 Fluence is the excess (fraction of the baseline) integrated over the exposure; smoothing does
@@ -20,7 +22,9 @@ template is divided by its robust standard deviation over all stars and centres 
 (red noise and normalisation errors widen it at the durations they affect; never below 1). The
 trials factor is reported as a false-alarm probability; the threshold applies to the calibrated
 significance. A candidate must survive removing its most significant sample (a cosmic-ray spike
-or a single bad pixel never does).
+or a single bad pixel never does), and, when the across-trail displacement of each sample is
+given, its excess light must lie on the trail's centre line (the light of an undetected
+neighbour overlapping part of the trail does not).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ __all__ = ["EventCandidates", "duration_grid", "event_shape", "smeared_shape", "
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Peak amplitudes of the template shapes (the shape, not the fitted amplitude).
-SHAPE_AMPLITUDES: tuple[float, ...] = (0.05, 0.5, 2.0)
+SHAPE_AMPLITUDES: tuple[float, ...] = (0.1, 1.0)
 
 
 def _magnification(u: np.ndarray) -> np.ndarray:
@@ -83,7 +87,7 @@ class EventCandidates:
     star : ndarray, int64, shape (k,)
         Row of the light-curve arrays (trail index).
     kind : ndarray, str, shape (k,)
-        ``"brightening"`` or ``"dip"``.
+        ``"brightening"``, ``"dip"`` or ``"flash"`` (a flash that landed on the trail).
     sample : ndarray, int64, shape (k,)
         Sample nearest the peak.
     t_peak_s : ndarray, float64, shape (k,)
@@ -101,6 +105,9 @@ class EventCandidates:
         Calibrated significance, sigma.
     false_alarm : ndarray, float64, shape (k,)
         Probability of a noise peak this high anywhere on the CCD (trials included).
+    offset_px : ndarray, float64, shape (k,)
+        For kind ``"flash"`` (a flash on the trail), its distance from the trail's centre line
+        along the trail's normal ``(-uy, ux)``, pixels; 0 otherwise.
     calibration : ndarray, float64, shape (s,)
         Robust standard deviation of the filtered statistic of each template (never below 1).
     durations : ndarray, float64, shape (s,)
@@ -118,6 +125,7 @@ class EventCandidates:
     fluence: np.ndarray
     significance: np.ndarray
     false_alarm: np.ndarray
+    offset_px: np.ndarray
     calibration: np.ndarray
     durations: np.ndarray
 
@@ -125,7 +133,7 @@ class EventCandidates:
         return int(self.star.size)
 
 
-def duration_grid(min_s: float, max_s: float, per_octave: int = 3) -> np.ndarray:
+def duration_grid(min_s: float, max_s: float, per_octave: int = 2) -> np.ndarray:
     """Return durations spaced logarithmically from ``min_s`` to ``max_s`` inclusive."""
     n = max(2, int(np.ceil(np.log2(max_s / min_s) * per_octave)) + 1)
     return np.geomspace(min_s, max_s, n)
@@ -154,8 +162,13 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
                   seconds_per_px: float, smear_sigma_s: float, durations: np.ndarray,
                   threshold: float, chi: np.ndarray | None = None,
                   searchable: np.ndarray | None = None, min_cover: float = 0.6,
+                  shift: np.ndarray | None = None, shift_err: np.ndarray | None = None,
+                  max_offset_px: float = 0.5, flash_max_duration_s: float = 0.6,
+                  flash_max_offset_px: float = 6.0,
                   min_calibration_points: int = 500) -> EventCandidates:
-    """Find the strongest brightening and dip of each light curve above ``threshold`` sigma.
+    """Find the most significant event (brightening or dip) of each light curve.
+
+    At most one candidate per star: its best template and centre, if above ``threshold``.
 
     Parameters
     ----------
@@ -179,6 +192,14 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         Stars searched (e.g. star trails that were normalised); others give no candidate.
     min_cover : float
         A template must have at least this fraction of its weight on usable samples.
+    shift, shift_err : ndarray, shape (n, m), optional
+        Across-trail displacement coefficient of each sample and its error, as a fraction of
+        the baseline x pixels (``LightCurves.shift / baseline``). When given, a candidate whose
+        excess light sits more than ``max_offset_px`` off the trail's centre line, at more than
+        4 sigma, is rejected: it is a neighbour's light (an undetected blended trail), not the
+        star's; unless it is short (best duration <= ``flash_max_duration_s``) and within
+        ``flash_max_offset_px``: then it is a flash that landed on the trail, kept with kind
+        ``"flash"`` and its across-trail offset.
 
     Returns
     -------
@@ -201,8 +222,13 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     # (n, k) @ (k, s*c): one BLAS product per sum, over all stars, templates and centres
     flat_t = T.reshape(-1, m).T
     flat_t2 = T2.reshape(-1, m).T
-    num = (wr @ flat_t).reshape(n, n_shapes, m)
-    den = (w @ flat_t2).reshape(n, n_shapes, m)
+    # the baseline is fitted with the event (template minus its weighted mean), so an error
+    # in a star's normalisation level does not look like a long event
+    sw = np.maximum(w.sum(axis=1), 1e-300)[:, None]
+    swt = w @ flat_t
+    num = ((wr @ flat_t) - wr.sum(axis=1)[:, None] * swt / sw).reshape(n, n_shapes, m)
+    den = ((w @ flat_t2) - swt * swt / sw).reshape(n, n_shapes, m)
+    mean_t = (swt / sw).reshape(n, n_shapes, m)
     cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m) / T2.sum(axis=2)[None]
     valid = (den > 0) & (cover >= min_cover)
     S = np.where(valid, num / np.sqrt(np.where(valid, den, 1.0)), 0.0)
@@ -224,7 +250,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     n_trials = max(1.0, 2.0 * n_search * float(np.sum(m / width)) / len(SHAPE_AMPLITUDES))
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap")}
+        "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap", "offset")}
     flat = Z.reshape(n, -1)
     t_end = m * spp
     for sign, kind in ((1.0, "brightening"), (-1.0, "dip")):
@@ -235,15 +261,39 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             continue
         jd, jc = np.unravel_index(best[hit], (n_shapes, m))
         # robustness: the event must survive losing its most significant sample
-        contrib = sign * wr[hit] * T[jd, jc]
+        tz = T[jd, jc] - mean_t[hit, jd, jc][:, None]    # zero-mean template of each hit
+        contrib = sign * wr[hit] * tz
         kmax = np.argmax(contrib, axis=1)
-        wt2 = w[hit, kmax] * T2[jd, jc, kmax]
-        num_loo = num[hit, jd, jc] - wr[hit, kmax] * T[jd, jc, kmax]
-        den_loo = den[hit, jd, jc] - wt2
+        num_loo = num[hit, jd, jc] - wr[hit, kmax] * tz[np.arange(hit.size), kmax]
+        den_loo = den[hit, jd, jc] - w[hit, kmax] * tz[np.arange(hit.size), kmax] ** 2
         s_loo = sign * np.where(den_loo > 0, num_loo / np.sqrt(np.maximum(den_loo, 1e-300)), 0.0)
         z_loo = s_loo / calib[jd]
         keep = (z_loo >= 0.5 * zbest[hit]) & (z_loo >= 3.0)
+        if shift is not None and shift_err is not None:
+            se = shift_err[hit]
+            okh = ok[hit] & np.isfinite(se) & (se > 0)
+            ws = np.where(okh, 1.0 / np.where(okh, se, 1.0) ** 2, 0.0)
+            sh = np.where(okh, shift[hit], 0.0)
+            tt = T[jd, jc]
+            swh = np.maximum(ws.sum(axis=1), 1e-300)
+            tz_s = tt - ((ws * tt).sum(axis=1) / swh)[:, None]
+            dn = (ws * tz_s * tz_s).sum(axis=1)
+            b = np.where(dn > 0, (ws * tz_s * sh).sum(axis=1) / np.maximum(dn, 1e-300), 0.0)
+            sb = 1.0 / np.sqrt(np.maximum(dn, 1e-300))
+            a_fit = amp[hit, jd, jc]
+            offset = np.abs(b / np.where(a_fit != 0, a_fit, np.inf))
+            off_line = (np.abs(b) > 4.0 * sb) & (offset > max_offset_px)
+            # short excess light beside the line: a flash that landed on the trail (kept, as a
+            # flash at its own position); longer: a neighbour's light (dropped)
+            is_flash = off_line & (shape_dur[jd] <= flash_max_duration_s) & \
+                (offset <= flash_max_offset_px)
+            keep &= ~off_line | is_flash
+            signed_off = np.where(is_flash, -b / np.where(a_fit != 0, a_fit, np.inf), 0.0)
+        else:
+            is_flash = np.zeros(hit.size, bool)
+            signed_off = np.zeros(hit.size)
         hit, jd, jc = hit[keep], jd[keep], jc[keep]
+        is_flash, signed_off = is_flash[keep], signed_off[keep]
         if hit.size == 0:
             continue
         zc = Z[hit, jd, jc]
@@ -269,7 +319,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         p1 = ndtr(-sig)
         fap = -np.expm1(n_trials * np.log1p(-np.minimum(p1, 1 - 1e-16)))
         out["star"].append(hit)
-        out["kind"].append(np.full(hit.size, kind))
+        out["kind"].append(np.where(is_flash, "flash", kind))
+        out["offset"].append(signed_off)
         out["sample"].append(jc)
         out["t"].append(tp)
         out["dur"].append(shape_dur[jd])
@@ -282,12 +333,17 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     def cat(key: str, dtype: type) -> np.ndarray:
         return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
 
-    order = np.argsort(-cat("sig", float), kind="stable")
+    # one candidate per star, the most significant: with the baseline fitted, a strong event
+    # makes the rest of its curve look like a weaker event of the opposite sign
+    sig_all = cat("sig", float)
+    order = np.argsort(-sig_all, kind="stable")
+    _, first = np.unique(cat("star", np.int64)[order], return_index=True)
+    order = order[np.sort(first)]
     return EventCandidates(
         star=cat("star", np.int64)[order], kind=cat("kind", object)[order].astype(str),
         sample=cat("sample", np.int64)[order], t_peak_s=cat("t", float)[order],
         duration_s=cat("dur", float)[order], amplitude=cat("amp", float)[order],
         smeared_amplitude=cat("samp", float)[order], fluence=cat("flu", float)[order],
         significance=cat("sig", float)[order], false_alarm=cat("fap", float)[order],
-        calibration=calib, durations=shape_dur,
+        offset_px=cat("offset", float)[order], calibration=calib, durations=shape_dur,
     )

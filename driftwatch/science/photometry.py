@@ -37,7 +37,7 @@ pixel with CP codes 1-4 or 8 in its core, and keeps at least 70 % of its profile
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,7 +46,8 @@ from driftwatch.science.geometry import DriftGeometry
 __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
     "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
-    "across_profile", "measure_profile", "LineProfile",
+    "across_profile", "measure_profile", "LineProfile", "Contamination",
+    "neighbour_contamination", "subtract_neighbours", "extract_trails",
 ]
 
 FLAG_EDGE = 1 << 9
@@ -102,6 +103,14 @@ class LightCurves:
         Pixel position of each sample's centre on the trail (0-based).
     chi2 : ndarray, float64, shape (n, m)
         Reduced chi-square of the across-trail profile fit (~1 for a clean sample).
+    s : ndarray, float64, shape (n, m)
+        Along-trail coordinate of each sample from the t = 0 end, pixels.
+    coverage : ndarray, float64, shape (n, m)
+        Fraction of an interior sample's flux expected at each sample (the ends ramp).
+    shift, shift_err : ndarray, float64, shape (n, m)
+        Coefficient of the profile's derivative in each sample (ADU x px, same scale as
+        ``flux``): light displaced across the trail by ``-shift / flux`` pixels (a neighbour's
+        light, not the star's own), and its uncertainty.
     """
 
     flux: np.ndarray
@@ -112,6 +121,10 @@ class LightCurves:
     x: np.ndarray
     y: np.ndarray
     chi2: np.ndarray
+    s: np.ndarray
+    coverage: np.ndarray
+    shift: np.ndarray
+    shift_err: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -406,6 +419,15 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     npix = w.sum(axis=2)
     chi2 = resid2 / np.maximum(npix - 1.0, 1.0)
     kept = den / np.maximum((prof * prof / var).sum(axis=2), 1e-300)
+    # light displaced across the trail: least-squares coefficient of the profile's derivative
+    # in the residual (odd, so nearly orthogonal to the profile); a neighbour's light moves it,
+    # the star's own brightening does not
+    dprof = (profile.pixel(g.d + 0.05) - profile.pixel(g.d - 0.05)) / 0.1
+    aw = w * dprof / var
+    dden = (aw * dprof).sum(axis=2)
+    dsafe = np.where(dden > 0, dden, 1.0)
+    shift = np.where(dden > 0, (aw * (d - f[:, :, None] * prof)).sum(axis=2) / dsafe, 0.0)
+    shift_err = np.where(dden > 0, 1.0 / np.sqrt(dsafe), np.inf)
 
     cov = _coverage(g.s, geom.length_px, profile)
     margin = 1.5 * profile.fwhm
@@ -421,4 +443,166 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     xs = x0[:, None] + g.s * ux
     ys = y0[:, None] + g.s * uy
     t = g.s * geom.seconds_per_px
-    return LightCurves(flux=f, err=err, flags=flags, good=good, t=t, x=xs, y=ys, chi2=chi2)
+    return LightCurves(flux=f, err=err, flags=flags, good=good, t=t, x=xs, y=ys, chi2=chi2,
+                       s=g.s, coverage=cov, shift=shift / cov, shift_err=shift_err / cov)
+
+
+def subtract_neighbours(lc: LightCurves, contamination: np.ndarray, *,
+                        model_error: float = 0.1, blend_sigma: float = 3.0) -> LightCurves:
+    """Subtract the modelled light of neighbours; flag BLEND where it is too large to trust.
+
+    Parameters
+    ----------
+    lc : LightCurves
+    contamination : ndarray, shape (n, m)
+        :attr:`Contamination.flux` (before the end-coverage division).
+    model_error : float
+        Fractional uncertainty of the neighbour model, added to the errors.
+    blend_sigma : float
+        Samples whose model uncertainty exceeds ``1 / blend_sigma`` of their own noise... more
+        precisely, where ``model_error x contamination > err / blend_sigma``, are flagged BLEND
+        and unusable.
+    """
+    c = contamination / lc.coverage
+    flux = lc.flux - c
+    err = np.sqrt(lc.err ** 2 + (model_error * c) ** 2)
+    blend = model_error * c > lc.err / blend_sigma
+    flags = lc.flags | np.where(blend, FLAG_BLEND, 0).astype(np.uint16)
+    return replace(lc, flux=flux, err=err, flags=flags, good=lc.good & ~blend)
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """Light of neighbouring trails inside each trail's extraction, from a model of them.
+
+    Attributes
+    ----------
+    flux : ndarray, float64, shape (n, m)
+        Flux the neighbours add to each sample's optimal estimate, ADU per sample (the same
+        scale as an uncorrected sample: before the end-coverage division).
+    fraction : ndarray, float64, shape (n,)
+        Largest contamination of a trail relative to its own interior flux.
+    n_pairs : int
+        Neighbour pairs considered.
+    """
+
+    flux: np.ndarray
+    fraction: np.ndarray
+    n_pairs: int
+
+
+def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
+                            profile: LineProfile, baseline: np.ndarray, s: np.ndarray,
+                            half_width: int) -> Contamination:
+    """Model the flux each trail's neighbours put into its extraction window.
+
+    Each neighbour is a uniform trail of per-sample flux ``baseline`` (interior level), blurred
+    by the line profile along and across; its share in the target's optimal estimate is the
+    overlap of the two across-trail profiles (sky-limited weights) times the neighbour's
+    coverage at the target's sample. All neighbour pairs at once: a KD-tree gives the pairs,
+    the rest is arrays of shape (pairs, m).
+
+    Parameters
+    ----------
+    x0, y0 : ndarray, shape (n,)
+        t = 0 ends of the trails.
+    geom : DriftGeometry
+    profile : LineProfile
+    baseline : ndarray, shape (n,)
+        Interior flux of each trail, ADU per sample (non-positive: ignored).
+    s : ndarray, shape (n, m)
+        Along-trail coordinate of each sample (:attr:`TrailGrid.s`).
+    half_width : int
+        Half width of the extraction window, pixels.
+    """
+    from scipy.spatial import cKDTree
+
+    x0 = np.asarray(x0, float)
+    y0 = np.asarray(y0, float)
+    n, m = s.shape
+    out = np.zeros((n, m))
+    if n < 2:
+        return Contamination(out, np.zeros(n), 0)
+    ux, uy = geom.unit
+    L = geom.length_px
+    reach_d = half_width + 3.0 * profile.fwhm
+    reach_s = L + 3.0 * profile.fwhm
+    xc = x0 + ux * L / 2
+    yc = y0 + uy * L / 2
+    pairs = cKDTree(np.c_[xc, yc]).query_pairs(float(np.hypot(reach_d, reach_s)),
+                                               output_type="ndarray")
+    if pairs.size == 0:
+        return Contamination(out, np.zeros(n), 0)
+    i = np.concatenate([pairs[:, 0], pairs[:, 1]])   # target
+    j = np.concatenate([pairs[:, 1], pairs[:, 0]])   # neighbour
+    dx, dy = x0[j] - x0[i], y0[j] - y0[i]
+    ds = dx * ux + dy * uy
+    dd = dx * -uy + dy * ux
+    keep = (np.abs(dd) <= reach_d) & (np.abs(ds) <= reach_s) & (baseline[j] > 0)
+    i, j, ds, dd = i[keep], j[keep], ds[keep], dd[keep]
+    if i.size == 0:
+        return Contamination(out, np.zeros(n), 0)
+    # across overlap: target window pixel distances (sub-pixel phase of the target's centre)
+    off = np.arange(-half_width, half_width + 1, dtype=float)
+    frac_d = (np.rint(y0[i] * ux - x0[i] * uy) - (y0[i] * ux - x0[i] * uy))  # pixel phase
+    d_t = off[None, :] + frac_d[:, None]
+    p_t = profile.pixel(d_t)
+    p_n = profile.pixel(d_t - dd[:, None])
+    overlap = (p_t * p_n).sum(axis=1) / (p_t * p_t).sum(axis=1)
+    # neighbour's coverage at the target's samples (its own along coordinate is s - ds)
+    cov = profile.cdf(s[i] - ds[:, None]) - profile.cdf(s[i] - ds[:, None] - L)
+    contrib = (overlap * baseline[j])[:, None] * cov
+    np.add.at(out, i, contrib)
+    base = np.where(baseline > 0, baseline, np.inf)
+    return Contamination(out, out.max(axis=1) / base, int(i.size))
+
+
+def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
+                   fwhm_guess: float, flux_guess: np.ndarray, sky: np.ndarray | float,
+                   gain: float, read_noise: float, saturate: float = np.inf,
+                   dq: np.ndarray | None = None,
+                   labels: tuple[np.ndarray, np.ndarray] | None = None,
+                   usable: np.ndarray | None = None,
+                   ) -> tuple[LightCurves, LineProfile, Contamination]:
+    """Extract every trail's light curve, with the profile fitted and neighbours subtracted.
+
+    1. Neighbour contamination from the detection fluxes and the guessed profile picks the
+       isolated trails (contamination < 1 %); 2. the line profile is fitted on them;
+    3. optimal extraction of all trails; 4. the neighbours are modelled again from the
+       measured interior fluxes and subtracted (:func:`subtract_neighbours`).
+
+    Parameters
+    ----------
+    flux_guess : ndarray, shape (n,)
+        Total flux of each trail from detection, ADU (for the first neighbour model).
+    usable : ndarray, bool, shape (n,), optional
+        Trails allowed in the profile fit (e.g. not saturated, not at the edge).
+    Other parameters as :func:`extract_light_curves`.
+    """
+    x0 = np.atleast_1d(np.asarray(x0, float))
+    y0 = np.atleast_1d(np.asarray(y0, float))
+    guess = LineProfile.moffat(fwhm_guess, 3.0)
+    h = int(np.ceil(1.3 * fwhm_guess)) + 1
+    m = n_samples(geom)
+    s0 = np.arange(m, dtype=float)[None, :] + np.zeros((x0.size, 1))
+    per_sample = np.asarray(flux_guess, float) / max(geom.length_px, 1.0)
+    first = neighbour_contamination(x0, y0, geom, guess, np.nan_to_num(per_sample), s0, h)
+    isolated = first.fraction < 0.01
+    if usable is not None:
+        isolated &= np.asarray(usable, bool)
+    profile = measure_profile(image, x0, y0, geom, np.broadcast_to(np.asarray(sky, float),
+                                                                    x0.shape),
+                              fwhm_guess=fwhm_guess, use=isolated)
+    h = int(np.ceil(1.3 * profile.fwhm)) + 1
+    lc = extract_light_curves(image, x0, y0, geom, profile=profile, sky=sky, gain=gain,
+                              read_noise=read_noise, saturate=saturate, dq=dq, labels=labels,
+                              half_width=h)
+    interior = lc.good & (lc.coverage > 0.9)
+    with np.errstate(all="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base = np.nanmedian(np.where(interior, lc.flux, np.nan), axis=1)
+    base = np.where(np.isfinite(base), base, per_sample)
+    con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h)
+    return subtract_neighbours(lc, con.flux), profile, con

@@ -424,19 +424,20 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     xi = np.rint(xp)
     yi = np.rint(yp)
     # Nearest-pixel sampling on the (along, across) grid; exact for an axis-aligned trail.
-    px = xi[:, None, None] + a[None, :, None] * ux - c[None, None, :] * uy
-    py = yi[:, None, None] + a[None, :, None] * uy + c[None, None, :] * ux
-    ix = np.rint(px).astype(np.intp)
-    iy = np.rint(py).astype(np.intp)
+    ai = np.rint(a[:, None] * ux - c[None, :] * uy).astype(np.intp)          # (na, nc) dx
+    aj = np.rint(a[:, None] * uy + c[None, :] * ux).astype(np.intp)          # (na, nc) dy
+    ix = xi.astype(np.intp)[:, None, None] + ai[None]
+    iy = yi.astype(np.intp)[:, None, None] + aj[None]
     inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    ixc = np.clip(ix, 0, nx - 1)
-    iyc = np.clip(iy, 0, ny - 1)
-    vals = image[iyc, ixc].astype(np.float32)
+    flat = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
+    del ix, iy
+    vals = image.ravel()[flat]
     good = inside & np.isfinite(vals)
     if mask is not None:
-        good &= ~mask[iyc, ixc]
+        good &= ~mask.ravel()[flat]
     sky = background.back_at(xi, yi).astype(np.float32)
-    w = np.where(good, vals - sky[:, None, None], np.float32(0.0))
+    w = vals.astype(np.float32, copy=False) - sky[:, None, None]
+    w[~good] = 0.0
     in_trail = (np.abs(a) <= half_len + fwhm_px)[None, :, None]
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -494,7 +495,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         var = var + np.clip(flux, 0.0, None) / gain
     masked = np.any(ap & inside & ~good, axis=(1, 2))
     if sat_mask is not None:
-        saturated = np.any(ap & inside & sat_mask[iyc, ixc], axis=(1, 2))
+        saturated = np.any(ap & inside & sat_mask.ravel()[flat], axis=(1, 2))
     else:
         saturated = np.zeros(n, dtype=bool)
     x0 = xc - half_len * ux
