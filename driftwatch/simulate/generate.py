@@ -167,8 +167,9 @@ def random_events(rng: np.random.Generator, wcs: WCS, shape: tuple[int, int], st
             t_peak = float(rng.uniform(min(dur, exptime / 2 - 0.5), max(exptime - dur, exptime / 2 + 0.5)))
             bright.append(Brightening(star_id=int(stars.star_id[i]), t_peak_s=t_peak,
                                       duration_s=dur, amplitude=float(rng.uniform(0.05, 0.5))))
+    mx, my = min(20.0, nx / 4), min(20.0, ny / 4)
     flashes = tuple(
-        Flash(x=float(rng.uniform(20, nx - 21)), y=float(rng.uniform(20, ny - 21)),
+        Flash(x=float(rng.uniform(mx, nx - 1 - mx)), y=float(rng.uniform(my, ny - 1 - my)),
               t_peak_s=float(rng.uniform(0, exptime)), flux_adu=float(rng.uniform(3000, 60000)))
         for _ in range(n_flashes))
     streaks = []

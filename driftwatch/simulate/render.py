@@ -383,12 +383,10 @@ def render_ccd(scene: CcdScene, options: RenderOptions = RenderOptions()) -> Ccd
             if scene.drifting:
                 nc = max(2, int(exptime / 0.25) + 1)
                 coarse = rng.normal(0.0, scene.scintillation_rms, (n, nc))
-                tc = np.linspace(0, exptime, nc)
                 pos = t_k / exptime * (nc - 1)
                 i0 = np.minimum(np.floor(pos).astype(int), nc - 2)
                 f = pos - i0
                 w = w * (1.0 + coarse[:, i0] * (1 - f) + coarse[:, i0 + 1] * f)
-                del tc
             else:
                 w = w * (1.0 + rng.normal(0.0, scene.scintillation_rms / math.sqrt(exptime / 0.25), (n, 1)))
         if options.events and scene.brightenings:
