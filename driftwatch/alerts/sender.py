@@ -280,6 +280,7 @@ class AlertSender:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = SenderLock(config.paths.state / "alert-sender.lock")
+        self._status_path = status_path(config)
         self._locked = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -391,6 +392,17 @@ class AlertSender:
                        "last_error": r.last_error, "delivered": r.delivered}
                 for name, r in list(self._routes.items())}
 
+    def _write_status(self) -> None:
+        """Save :meth:`status` for other processes (``alerts list``), on each state change."""
+        try:
+            self._status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._status_path.with_name(self._status_path.name + ".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "updated": self._now().isoformat(),
+                                       "routes": self.status()}, indent=1) + "\n")
+            os.replace(tmp, self._status_path)
+        except OSError as exc:
+            log.warning("%s: cannot write the sender status (%s)", self._status_path, exc.strerror)
+
     # -- delivery --------------------------------------------------------------------------------
     def _route(self, name: str) -> _Route:
         if name not in self._routes:
@@ -486,6 +498,7 @@ class AlertSender:
                              next_attempt_at=now + timedelta(seconds=backoff))
             if route.down_since is None:
                 route.down_since = now
+                self._write_status()
                 log.warning("Slack route %r unreachable since %s (%s); alerts wait and are "
                             "retried with backoff", name, now.isoformat(timespec="seconds"),
                             result.error)
@@ -505,6 +518,7 @@ class AlertSender:
             log.warning("Slack route %r reachable again (unreachable since %s)", name,
                         route.down_since.isoformat(timespec="seconds"))
             route.down_since = None
+            self._write_status()
         if outcome == RATE_LIMITED:
             retry_after = result.retry_after_s if result.retry_after_s is not None else 1.0
             self._update(head.id, state=outbox.PENDING, last_error=result.error,
@@ -551,6 +565,19 @@ class AlertSender:
                  path, head.payload)
         self._update(head.id, state=outbox.DRY_RUN, sent_at=self._now(),
                      last_error=f"dry run: {path}")
+
+
+def status_path(config: Config) -> Path:
+    """Where the running sender keeps its per-route state (reachable, down since)."""
+    return config.paths.state / "alert-sender.json"
+
+
+def read_status(config: Config) -> dict[str, Any] | None:
+    """Return the last state the sender saved, or None (no sender has run, or unreadable)."""
+    try:
+        return json.loads(status_path(config).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def send_test(config: Config, route: str = "default", *, host: str | None = None) -> str:

@@ -52,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
                 counts = outbox.state_counts(s)
             _print_rows(rows, as_json=args.json)
             if not args.json:
+                from driftwatch.alerts.sender import read_status
+
                 summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
                 print(f"# outbox: {summary or 'empty'}", file=sys.stderr)
+                for route, st in ((read_status(cfg) or {}).get("routes") or {}).items():
+                    if not st.get("reachable", True):
+                        print(f"# Slack route {route!r} unreachable since {st['down_since']} "
+                              f"({st.get('last_error')})", file=sys.stderr)
             return 0
         if args.alerts_command == "retry":
             with store.session_scope() as s:

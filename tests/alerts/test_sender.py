@@ -165,7 +165,9 @@ def test_url_never_leaks(tmp_path, store, httpserver, caplog):
         listed = repr(outbox.list_alerts(s))
     ours = "\n".join(caplog.handler.format(r) for r in caplog.records
                      if not r.name.startswith("werkzeug"))  # not the test server's access log
-    texts = {"log": ours, "error": str(err.value) + repr(err.value) + result.error,
+    saved = (tmp_path / "state" / "alert-sender.json").read_text()
+    assert '"reachable": false' in saved and "Connection refused" in saved
+    texts = {"log": ours, "saved status": saved, "error": str(err.value) + repr(err.value) + result.error,
              "status": json.dumps(sender.status()), "list": listed,
              "config": json.dumps(cfg.to_dict())}
     store.dispose()
