@@ -192,6 +192,9 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
         raise ScienceError(f"no usable pixels for the background ({n_good} of {bad.size} sampled)")
     if bad.any():
         sub = np.where(bad, np.float32(0), sub)
+    good_vals = sub[~bad] if bad.any() else sub
+    if float(good_vals.max()) == float(good_vals.min()):
+        raise ScienceError(f"the image is constant ({float(good_vals.min())} ADU): no sky noise")
     cell = max(4, int(round(box / step)))
     try:
         bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)

@@ -1,0 +1,59 @@
+"""Sky background and noise maps, and the DQ mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from driftwatch.errors import ScienceError
+from driftwatch.science.background import mask_from_dq, measure_background
+
+
+def test_recovers_sky_and_noise_with_a_gradient_and_big_endian_input():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:512, 0:256]
+    sky = 500.0 + 0.05 * yy
+    img = (sky + rng.normal(0, 10.0, sky.shape)).astype(">f4")    # FITS byte order
+    bg = measure_background(img, box=64, step=2)
+    assert abs(np.median(bg.full_back() - sky)) < 0.3
+    assert np.all(np.abs(bg.back_at(np.array([128.0]), np.array([400.0])) - 520.0) < 1.0)
+    assert abs(bg.global_rms - 10.0) < 0.4
+    data = img.astype(np.float32)
+    bg.apply(data, "back", "sub")
+    assert abs(float(np.median(data))) < 0.3
+
+
+def test_masked_pixels_are_ignored():
+    rng = np.random.default_rng(1)
+    img = rng.normal(100.0, 5.0, (256, 256)).astype(np.float32)
+    img[:, 100:110] = 60000.0                                        # a bleed
+    mask = np.zeros(img.shape, bool)
+    mask[:, 100:110] = True
+    bg = measure_background(img, mask, box=32, step=1)
+    assert np.all(np.abs(bg.back - 100.0) < 2.0)
+
+
+@pytest.mark.parametrize("fill", [np.nan, 0.0])
+def test_unusable_images_raise_science_error(fill):
+    img = np.full((128, 128), fill, dtype=np.float32)
+    with pytest.raises(ScienceError):
+        measure_background(img, box=32)
+
+
+def test_all_masked_raises_science_error():
+    img = np.ones((128, 128), np.float32)
+    with pytest.raises(ScienceError):
+        measure_background(img, np.ones(img.shape, bool), box=32)
+
+
+def test_mask_from_dq_codes_saturation_and_nan():
+    img = np.full((3, 4), 10.0, np.float32)
+    img[0, 0] = np.nan
+    img[0, 1] = 5e4
+    dq = np.array([[0, 0, 1, 2], [3, 4, 5, 6], [7, 8, 0, 0]], np.uint8)
+    m = mask_from_dq(dq, img, saturate=4e4)
+    expect = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(m, expect)
+    np.testing.assert_array_equal(mask_from_dq(None, img, None), np.isnan(img))
+    with pytest.raises(ScienceError):
+        mask_from_dq(dq[:2], img, None)
