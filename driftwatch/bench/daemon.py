@@ -34,7 +34,7 @@ CCDS = ("S1", "S2", "S3", "S4")
 
 def noop_reduce(task: CcdTask) -> CcdSummary:
     """A CCD 'reduction' that only writes a one-line product (measures the service alone)."""
-    out = Path(task.out_dir)
+    out = Path(task.out_dir) / task.ccd
     out.mkdir(parents=True, exist_ok=True)
     (out / "product.txt").write_text(task.ccd)
     return CcdSummary(ccd=task.ccd, ok=True, product_dir=str(out), pipeline_version=__version__)

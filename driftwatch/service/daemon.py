@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from driftwatch import __version__
 from driftwatch.config import Config, load_config
@@ -53,6 +54,8 @@ BUSY_TICK_S = 0.05
 STATUS_EVERY_S = 10.0
 #: On a clean stop, how long the Slack sender may take to deliver what is queued.
 ALERTS_FLUSH_S = 3.0
+#: A main loop failing on every turn for this long exits 1 (systemd restarts it).
+MAX_FAILING_S = 120.0
 
 
 class _Abort(BaseException):
@@ -100,6 +103,7 @@ class Daemon:
         self._next_scan = 0.0
         self._next_status = 0.0
         self._healthy = True
+        self._failing_since: float | None = None
 
     # -------------------------------------------------------------------------------------
     # Set-up
@@ -168,7 +172,7 @@ class Daemon:
             while not self._stop:
                 if self._reload:
                     self._do_reload()
-                self._turn()
+                self._guarded_turn()
                 if self.options.once and self._idle():
                     log.info("once: nothing left to do")
                     break
@@ -191,6 +195,30 @@ class Daemon:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             self.notifier.close()
+
+    def _guarded_turn(self) -> None:
+        """One turn; an error is logged and retried, and only a persistent one ends the daemon."""
+        try:
+            self._turn()
+        except (DriftwatchError, SQLAlchemyError, OSError) as exc:
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            log.exception("error in the main loop (%s); trying again", type(exc).__name__)
+            self._healthy = False  # no watchdog ping from this turn
+            if self.dispatcher is not None:
+                # A result that could not be recorded left its job 'running': put it back
+                # (the try counts, so a job whose result can never be recorded ends 'failed').
+                try:
+                    self.dispatcher.requeue_running()
+                except (DriftwatchError, SQLAlchemyError):
+                    log.exception("cannot requeue the unrecorded jobs")
+            if now - self._failing_since > MAX_FAILING_S:
+                raise DriftwatchError(f"the main loop has failed for {MAX_FAILING_S:.0f} s; "
+                                      "exiting so that systemd restarts the service") from exc
+            time.sleep(1.0)
+            return
+        self._failing_since = None
 
     def _turn(self) -> None:
         assert self.watcher is not None and self.dispatcher is not None
@@ -269,6 +297,9 @@ class Daemon:
         except InputError as exc:
             self._reject(judged.path, str(exc), judged.size)
             return
+        except BaseException:
+            self.gate.forget(judged.path)  # not planned: the next scan offers it again
+            raise
         log.info("[%s %s] %s accepted after %.1f s: %s, %d job(s) new, %d reset",
                  result.exposure.night, info.expnum, Path(judged.path).name, judged.waited_s,
                  result.role, result.created, result.reset)
@@ -375,6 +406,7 @@ class Daemon:
         if self.dispatcher is not None:
             grace_s = self.cfg.workers.grace_period_s if grace else 0.0
             running, t0 = self.dispatcher.in_flight, time.monotonic()
+            pids = _worker_pids(self.executor)
             try:
                 self.dispatcher.shutdown(grace_s)
             except _Abort:
@@ -386,7 +418,7 @@ class Daemon:
                 # Workers still busy past the grace period were handed back: stop them now
                 # rather than let the interpreter wait for them at exit (products are written
                 # atomically, so a killed CCD leaves nothing half-written).
-                _kill_children()
+                _kill(pids)
         self._ops(lambda s: outbox().queue_daemon_stopped(
             s, self.cfg, reason="stopped" if grace else "stopped at once (second signal)"))
         if self.alerts is not None:
@@ -441,13 +473,21 @@ def outbox() -> Any:
     return module
 
 
-def _kill_children() -> None:
-    import psutil
+def _worker_pids(executor: Any) -> list[int]:
+    """Process ids of the local pool's workers (a Dask cluster stops its own)."""
+    get = getattr(executor, "worker_pids", None)
+    try:
+        pids = get() if get is not None else []
+    except Exception:  # the pool is already gone
+        return []
+    return [p for p in pids if isinstance(p, int)] if isinstance(pids, list) else []
 
-    for child in psutil.Process().children(recursive=True):
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
         try:
-            child.kill()
-        except psutil.Error:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # already gone
             pass
 
 

@@ -177,10 +177,11 @@ class Daemon:
     def __init__(self, config: Path, log: Path, *, notify: Path | None = None,
                  watchdog_usec: int | None = None, once: bool = False,
                  extra_args: Iterable[str] = (), task_sleep_s: float = 0.05,
-                 env_extra: dict[str, str] | None = None) -> None:
+                 env_extra: dict[str, str] | None = None, ccd_task: str | None = STANDIN) -> None:
         env = dict(os.environ)
         env.update(env_extra or {})
         env["DRIFTWATCH_STANDIN_SLEEP"] = str(task_sleep_s)
+        env["DRIFTWATCH_STANDIN_LOG"] = str(config.parent / "products" / "standin-runs.log")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("NOTIFY_SOCKET", None)
         env.pop("WATCHDOG_USEC", None)
@@ -189,7 +190,7 @@ class Daemon:
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         args = [sys.executable, "-m", "driftwatch.cli", "-v", "run", "--config", str(config),
-                "--ccd-task", STANDIN, *extra_args]
+                *(["--ccd-task", ccd_task] if ccd_task else []), *extra_args]
         if once:
             args.append("--once")
         self.log = log

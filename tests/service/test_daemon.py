@@ -218,3 +218,41 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
                 "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
                 "LoadCredential=slack-webhook:", "User=driftwatch"):
         assert key in unit
+
+
+def test_simulated_night_through_the_real_pipeline(tmp_path, daemons):
+    """The default worker function (the real reduce_ccd and catalogue builder) on a small
+    simulated night delivered in real time by the simulator (temp names, renames, chunks)."""
+    from driftwatch.simulate.deliver import deliver
+    from driftwatch.simulate.night import NightSpec, simulate_night
+
+    sim = tmp_path / "sim"
+    spec = NightSpec(n_drift=2, ccds=("N4", "S4"), shape=(384, 192), stars_per_ccd=60,
+                     seed=11, compress=True, flashes_per_ccd=0, streak_probability=0.0)
+    simulate_night(sim, spec)
+    cfg = write_config(tmp_path, alerts=True)
+    text = cfg.read_text().replace("ccds: [S1, S2, S3, S4]", "ccds: [N4, S4]")
+    text = text.replace("dq_wait_s: 0", "dq_wait_s: 30").replace("enabled: true",
+                                                                  "enabled: true\n  dry_run: true")
+    cfg.write_text(text)
+    inc, state = tmp_path / "incoming", tmp_path / "state"
+    d = daemons(cfg, tmp_path / "daemon.log", ccd_task=None)      # the default: the real one
+    assert wait_until(lambda: "ready (pid" in d.text(), 30), d.text()
+    images = sorted(sim.glob("*_ooi_*.fits.fz"))
+    pairs = [(p, p.with_name(p.name.replace("_ooi_", "_ood_"))) for p in images]
+    deliver(pairs, inc, cadence_s=1.0, seed=2, write_seconds=0.5)
+
+    def finished() -> bool:
+        states = _job_states(state)
+        return bool(states) and not states.get("queued") and not states.get("running")
+
+    assert wait_until(finished, 90, interval=0.5), (_job_states(state), d.text()[-4000:])
+    rows = db_rows(state, "select e.expnum, j.kind, j.ccd, j.state, j.attempts, j.error "
+                          "from ccd_jobs j join exposures e on e.id = j.exposure_id")
+    assert sorted((k, c, st, a) for _, k, c, st, a, _ in rows) == [
+        ("catalogue", "catalogue", "done", 1)] + [("ccd", c, "done", 1)
+                                                  for c in ("N4", "N4", "S4", "S4")], rows
+    dq = db_rows(state, "select count(*) from exposures where role = 'drift' and dq_path is null")
+    assert dq == [(0,)]                                            # every image got its mask
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
