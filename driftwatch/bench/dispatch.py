@@ -180,9 +180,12 @@ def scaling(n_exposures: int = 4, shape: str = "1024x512", repeats: int = 3) -> 
         d.run_until_idle(poll_s=0.02)
         executor.shutdown(wait=True)
         rates: dict[int, list[float]] = {1: [], 2: []}
-        for workers in (1, 2):
-            executor = LocalExecutor(workers, 1000, preload=("driftwatch.pipeline.ccd",))
-            for i in range(repeats + 1):  # the first run warms the workers up (imports)
+        executors = {n: LocalExecutor(n, 1000, preload=("driftwatch.pipeline.ccd",))
+                     for n in (1, 2)}
+        load_before = os.getloadavg()[0]
+        # 1 and 2 workers alternate, so that the load of a shared machine weighs on both alike.
+        for i in range(repeats + 1):  # the first round warms the workers up (imports)
+            for workers, executor in executors.items():
                 _reset_all(store)
                 d = Dispatcher(cfg, store, executor, ccd_fn=reduce_ccd, alerts=False,
                                scope=ccd_ids)
@@ -195,7 +198,9 @@ def scaling(n_exposures: int = 4, shape: str = "1024x512", repeats: int = 3) -> 
                     raise RuntimeError(f"reduce_ccd jobs did not all succeed: {sorted(set(ok))}")
                 if i:
                     rates[workers].append(len(ccd_ids) / elapsed)
+        for executor in executors.values():
             executor.shutdown(wait=True)
+        out["load_average_1min_before_after"] = [load_before, os.getloadavg()[0]]
         store.dispose()
     out["ccds_per_run"] = len(ccd_ids)
     out["rate_1_worker_ccd_per_s"] = _spread(rates[1])

@@ -181,3 +181,23 @@ def test_second_dispatching_process_is_refused(night):
         r = reprocess(cfg)
     assert r.returncode == 1 and "being written by driftwatch run (test)" in r.stderr
     assert reprocess(cfg).returncode == 0
+
+
+def test_alerts_only_with_the_flag(night):
+    root, cfg = night
+    cands = "tests.service.standins:candidate_reduce_ccd"
+
+    def alerts() -> int:
+        with sqlite3.connect(root / "state" / "driftwatch.sqlite") as db:
+            return db.execute("SELECT count(*) FROM alerts WHERE kind NOT LIKE 'ops%'").fetchone()[0]
+
+    r = reprocess(cfg, "--ccd", "S4", DRIFTWATCH_CCD_FUNCTION=cands)
+    assert r.returncode == 0, r.stderr
+    assert alerts() == 0
+    with sqlite3.connect(root / "state" / "driftwatch.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM candidates").fetchone()[0] == 5
+    r = reprocess(cfg, "--ccd", "S4", "--force", "--alerts", DRIFTWATCH_CCD_FUNCTION=cands)
+    assert r.returncode == 0, r.stderr
+    assert alerts() == 5  # one message per exposure with candidates
+    with sqlite3.connect(root / "state" / "driftwatch.sqlite") as db:  # replaced, not added
+        assert db.execute("SELECT count(*) FROM candidates").fetchone()[0] == 5
