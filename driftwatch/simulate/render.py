@@ -35,7 +35,7 @@ import scipy.fft as sfft
 
 from driftwatch.io.decam import CP_DQ
 from driftwatch.science.geometry import drift_geometry, drift_positions
-from driftwatch.simulate.scene import CcdScene, RenderOptions, paczynski_magnification
+from driftwatch.simulate.scene import CcdScene, RenderOptions, Streak, paczynski_magnification
 
 __all__ = ["CcdRender", "moffat_alpha", "render_ccd", "SUBSTEP_PX"]
 
@@ -212,7 +212,7 @@ def _radius_class(peak_est: np.ndarray, fwhm: float, beta: float, drifting: bool
     return radii[choice]
 
 
-def _streak_image(acc: _Canvas, shape: tuple[int, int], s, fwhm: float, beta: float) -> None:
+def _streak_image(acc: _Canvas, shape: tuple[int, int], s: Streak, fwhm: float, beta: float) -> None:
     """Add a straight line of ``s.adu_per_px`` per pixel length, Moffat line-spread profile."""
     ny, nx = shape
     alpha = moffat_alpha(fwhm, beta)
