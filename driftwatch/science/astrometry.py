@@ -37,6 +37,9 @@ from driftwatch.science.catalogue import Catalogue, sky_to_unit, star_ids
 from driftwatch.science.geometry import drift_positions
 from driftwatch.science.trails import TrailDetections
 
+#: Position error floor (pixels) of a pair: catalogue positions and trail model mismatch.
+_POS_FLOOR_PX = 0.05
+
 __all__ = ["MatchResult", "match_trails", "identify_by_position", "pixel_scale_arcsec",
            "apply_affine_to_wcs"]
 
@@ -143,42 +146,59 @@ def _empty_result(n: int, wcs: WCS, mode: str, notes: tuple[str, ...], n_pred: i
         flux_zp=math.nan, mode=mode, notes=notes)
 
 
-def _fit_transform(p: np.ndarray, q: np.ndarray, nclip: int = 3,
-                   clip: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit ``q = a @ p + t`` (model by number of pairs) with sigma clipping.
+def _fit_transform(p: np.ndarray, q: np.ndarray, sx: np.ndarray, sy: np.ndarray,
+                   nclip: int = 3, clip: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit ``q = a @ p + t`` by weighted least squares with sigma clipping.
 
-    Returns ``a`` (2, 2), ``t`` (2,) and the boolean mask of the pairs kept.
+    The model depends on the number of pairs: a shift (< 3), shift + rotation + scale (< 20),
+    full affine. ``sx, sy`` are the position errors of each pair in x and y (pixels): a faint
+    trail is uncertain by ~1 px along its length and ~0.1 px across, and weighting keeps the
+    bright, precise trails in charge of the fit. Returns ``a`` (2, 2), ``t`` (2,) and the mask
+    of the pairs kept.
     """
     n = p.shape[0]
     keep = np.ones(n, dtype=bool)
     a, t = np.eye(2), np.zeros(2)
+    wx, wy = 1.0 / sx**2, 1.0 / sy**2
     for _ in range(nclip + 1):
         pk, qk = p[keep], q[keep]
+        wxk, wyk = wx[keep], wy[keep]
         m = pk.shape[0]
         if m == 0:
             break
-        c = pk.mean(axis=0)
         if m < 3:
             a = np.eye(2)
-            t = np.median(qk - pk, axis=0)
+            d = qk - pk
+            t = np.array([np.sum(wxk * d[:, 0]) / np.sum(wxk), np.sum(wyk * d[:, 1]) / np.sum(wyk)])
         elif m < 20:
-            # Similarity about the centroid: q - qc = [[s, -r], [r, s]] (p - c)
-            dp = pk - c
-            qc = qk.mean(axis=0)
-            dq = qk - qc
-            den = float(np.sum(dp**2))
-            s = float(np.sum(dp * dq)) / den if den > 0 else 1.0
-            r = float(np.sum(dp[:, 0] * dq[:, 1] - dp[:, 1] * dq[:, 0])) / den if den > 0 else 0.
-            a = np.array([[s, -r], [r, s]])
+            # Similarity about the weighted centroid: q - qc = [[s, -r], [r, s]] (p - c)
+            w = 2.0 / (1.0 / wxk + 1.0 / wyk)
+            c = np.sum(w[:, None] * pk, axis=0) / np.sum(w)
+            qc = np.sum(w[:, None] * qk, axis=0) / np.sum(w)
+            dp, dq = pk - c, qk - qc
+            den = float(np.sum(w[:, None] * dp**2))
+            if den > 0:
+                sc = float(np.sum(w[:, None] * dp * dq)) / den
+                r = float(np.sum(w * (dp[:, 0] * dq[:, 1] - dp[:, 1] * dq[:, 0]))) / den
+            else:
+                sc, r = 1.0, 0.0
+            a = np.array([[sc, -r], [r, sc]])
             t = qc - a @ c
         else:
+            c = pk.mean(axis=0)
             design = np.column_stack([pk - c, np.ones(m)])
-            coef, *_ = np.linalg.lstsq(design, qk, rcond=None)
-            a = coef[:2].T
-            t = coef[2] - a @ c
-        res = np.hypot(*(q - (p @ a.T + t)).T)
-        scale = 1.4826 * float(np.median(res[keep])) if keep.sum() >= 5 else math.inf
-        new_keep = res < max(clip * scale, 0.05)
+            rows = []
+            for k, wk in ((0, wxk), (1, wyk)):
+                sw = np.sqrt(wk)
+                coef, *_ = np.linalg.lstsq(design * sw[:, None], qk[:, k] * sw, rcond=None)
+                rows.append(coef)
+            coef = np.array(rows)                       # (2, 3)
+            a = coef[:, :2]
+            t = coef[:, 2] - a @ c
+        d = q - (p @ a.T + t)
+        res = np.hypot(d[:, 0] / sx, d[:, 1] / sy)       # in units of the expected error
+        scale = max(1.4826 * float(np.median(res[keep])), 1.0) if keep.sum() >= 5 else math.inf
+        new_keep = res < clip * scale
         if new_keep.sum() < min(3, n) or np.array_equal(new_keep, keep):
             break
         keep = new_keep
@@ -289,6 +309,11 @@ def match_trails(det: TrailDetections, cat: Catalogue, wcs: WCS, rate_arcsec_s: 
     sig_along = 0.3 * det.geometry.length_px / snr
     gate_along = np.maximum(match_radius_px, 3.0 * sig_along)
     gate_across = np.full(n, float(match_radius_px))
+    # Position errors for the weighted fit, with a floor for the catalogue's own errors.
+    sig_a = np.hypot(sig_along, _POS_FLOOR_PX)
+    sig_c = np.hypot(0.6 * det.fwhm_px / snr, _POS_FLOOR_PX)
+    sig_x = np.hypot(ux * sig_a, uy * sig_c)
+    sig_y = np.hypot(uy * sig_a, ux * sig_c)
     fit_ok = ~det.edge
 
     flux_zp = math.nan
@@ -319,7 +344,7 @@ def match_trails(det: TrailDetections, cat: Catalogue, wcs: WCS, rate_arcsec_s: 
             break
         p1 = pred[ms[sel]] + 1.0
         q1 = pos[md[sel]] + 1.0
-        a, t1, kept = _fit_transform(p1, q1)
+        a, t1, kept = _fit_transform(p1, q1, sig_x[md[sel]], sig_y[md[sel]])
         t = t1 + a @ np.ones(2) - np.ones(2)   # back to 0-based: q0 = a p0 + t
 
     star_id = np.full(n, None, dtype=object)
