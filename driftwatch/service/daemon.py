@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from driftwatch import __version__
 from driftwatch.config import Config, load_config
-from driftwatch.errors import ConfigError, DriftwatchError, InputError, StoreError, UsageError
+from driftwatch.errors import ConfigError, DriftwatchError, InputError, UsageError
 from driftwatch.service.gate import Gate, GateResult, Judged, expected_extnames, make_check
 from driftwatch.service.sdnotify import Notifier
 from driftwatch.service.watcher import Watcher

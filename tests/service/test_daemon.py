@@ -148,20 +148,27 @@ def test_sigterm_mid_night_restart_and_files_arriving_while_stopped(tmp_path, da
     assert _counts(products) == want                               # each CCD exactly once
 
 
-def test_second_signal_exits_at_once_and_nothing_is_lost(tmp_path, daemons):
-    cfg = write_config(tmp_path, grace_s=60.0)
+@pytest.mark.parametrize("how", ["second_signal", "grace_expires"])
+def test_ccds_longer_than_the_stop_are_handed_back_and_done_once(tmp_path, daemons, how):
+    """A second SIGTERM exits at once; a grace period shorter than the CCDs ends the wait.
+    Either way the running CCDs go back to 'queued' and the next start does them once."""
+    grace = 60.0 if how == "second_signal" else 1.0
+    cfg = write_config(tmp_path, grace_s=grace)
     inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
     for e in (1, 2):
         deliver_rename(inc, exposure_name(e), exposure_bytes(e))
-    d = daemons(cfg, tmp_path / "daemon1.log", task_sleep_s=5.0)
+    d = daemons(cfg, tmp_path / "daemon1.log", task_sleep_s=6.0)
     assert wait_until(lambda: _job_states(state).get("running", 0) == 2, 30), d.text()
-    d.signal(signal.SIGTERM)
-    time.sleep(0.5)
-    assert d.alive()                                               # draining: within grace
     t0 = time.monotonic()
     d.signal(signal.SIGTERM)
+    if how == "second_signal":
+        time.sleep(0.5)
+        assert d.alive()                                           # draining: within grace
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
     assert d.wait(10) == 0
-    assert time.monotonic() - t0 < 3.0                             # at once, not after 5 s
+    limit = grace + 2.5 if how == "grace_expires" else 3.0
+    assert time.monotonic() - t0 < limit, d.text()                 # not after the 6 s CCDs
     assert _job_states(state) == {"queued": 8}                     # consistent: none running
     assert reductions(products) == []
     d2 = daemons(cfg, tmp_path / "daemon2.log", task_sleep_s=0.02, once=True)
