@@ -205,6 +205,25 @@ def iter_candidate_files(cfg: Config) -> Iterator[Path]:
                     yield Path(dirpath) / name
 
 
+_CP_NAME_DATE = re.compile(r"^c4d_(\d{6})_\d{6}_")
+
+
+def may_be_of_night(name: str, night: str) -> bool:
+    """False when a CP file name's UTC date (c4d_YYMMDD_...) is more than a day from ``night``.
+
+    Saves reading the headers of an archive's other nights; names without a date (raw
+    DECam_00NNNNNN files, renamed files) are always read.
+    """
+    m = _CP_NAME_DATE.match(name)
+    if not m:
+        return True
+    try:
+        day = datetime.strptime(m.group(1), "%y%m%d").date()
+    except ValueError:
+        return True
+    return abs((day - datetime.strptime(night, "%Y-%m-%d").date()).days) <= 1
+
+
 def scan_night(cfg: Config, night: str) -> tuple[list, list[str]]:
     """Read the headers of every exposure file of the watch folders; keep those of ``night``.
 
@@ -214,6 +233,8 @@ def scan_night(cfg: Config, night: str) -> tuple[list, list[str]]:
 
     found, problems = [], []
     for path in iter_candidate_files(cfg):
+        if not may_be_of_night(path.name, night):
+            continue
         try:
             info = read_exposure_info(path)
             n = night_of(info.nite, info.date_obs, cfg.pipeline.observatory_longitude_deg)

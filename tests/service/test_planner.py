@@ -87,6 +87,24 @@ def test_ccd_plan():
     assert [p.ccd for p in planner.ccd_plan(pipe, ("S4", "N4"), only=["N4"])] == ["N4"]
 
 
+def test_may_be_of_night():
+    assert planner.may_be_of_night("c4d_261121_050000_ooi_VR_v1.fits.fz", "2026-11-20")
+    assert planner.may_be_of_night("c4d_261120_230000_ooi_VR_v1.fits.fz", "2026-11-20")
+    assert not planner.may_be_of_night("c4d_261125_050000_ooi_VR_v1.fits.fz", "2026-11-20")
+    assert planner.may_be_of_night("DECam_00123456.fits.fz", "2026-11-20")
+
+
+def test_scan_night_keeps_only_that_night(tmp_path):
+    cfg = make_config(tmp_path)
+    write_night(tmp_path / "incoming", n_exposures=2, night="2026-11-20")
+    write_night(tmp_path / "incoming" / "other", n_exposures=1, night="2026-11-25",
+                expnum0=2000)
+    (tmp_path / "incoming" / "c4d_261121_010000_ooi_VR_v1.fits").write_bytes(b"junk")
+    infos, problems = planner.scan_night(cfg, "2026-11-20")
+    assert sorted(i.expnum for i in infos) == [998, 999, 1000, 1000, 1001, 1001]
+    assert len(problems) == 1 and "c4d_261121_010000" in problems[0]
+
+
 def test_dq_names():
     assert planner.dq_name_candidates("/d/c4d_261121_050000_ooi_VR_v1.fits.fz") == [
         "/d/c4d_261121_050000_ood_VR_v1.fits.fz"]
