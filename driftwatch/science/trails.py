@@ -406,6 +406,45 @@ def _common_trend(p0: np.ndarray, p1: np.ndarray, box: np.ndarray, ramp: np.ndar
     return float(np.clip(trend, -0.5, 0.5)) if np.isfinite(trend) else 0.0
 
 
+def _edge_offset(prof: np.ndarray, a: np.ndarray, ac: np.ndarray, half_len: float,
+                 sigma: float) -> float:
+    """Midpoint of the half-maximum ends of the stacked profiles, relative to their fits.
+
+    ``prof`` (m, na) along-trail profiles sampled at offsets ``a``, ``ac`` (m,) their fitted
+    centres. Returns 0 when fewer than 10 profiles or the stack gives no clean answer.
+    """
+    if prof.shape[0] < 10 or half_len < 4 * sigma:
+        return 0.0
+    u = np.arange(-math.ceil(half_len + 4 * sigma), math.ceil(half_len + 4 * sigma) + 1.0)
+    # Linear interpolation of every profile at ac + u (vectorised).
+    pos = (ac[:, None] + u[None, :]) - a[0]
+    i0 = np.clip(np.floor(pos).astype(np.intp), 0, a.size - 2)
+    f = np.clip(pos - i0, 0.0, 1.0)
+    rows = np.arange(prof.shape[0])[:, None]
+    samp = prof[rows, i0] * (1 - f) + prof[rows, i0 + 1] * f
+    plateau = np.median(samp[:, np.abs(u) < half_len - 2 * sigma], axis=1)
+    ok = plateau > 0
+    if ok.sum() < 10:
+        return 0.0
+    stack = np.median(samp[ok] / plateau[ok, None], axis=0)
+    lo_in = (u > -half_len + 2 * sigma) & (u < -half_len + 2 * sigma + 5)
+    hi_in = (u < half_len - 2 * sigma) & (u > half_len - 2 * sigma - 5)
+    ends = []
+    for level, region, rising in ((np.median(stack[lo_in]), u < -half_len + 2 * sigma, True),
+                                  (np.median(stack[hi_in]), u > half_len - 2 * sigma, False)):
+        uu, ss = u[region], stack[region] - level / 2.0
+        if not rising:
+            uu, ss = uu[::-1], ss[::-1]
+        # First crossing from outside inwards.
+        cross = np.flatnonzero((ss[:-1] < 0) & (ss[1:] >= 0))
+        if cross.size == 0 or level <= 0:
+            return 0.0
+        j = cross[0]
+        ends.append(uu[j] + (uu[j + 1] - uu[j]) * (-ss[j]) / (ss[j + 1] - ss[j]))
+    delta = 0.5 * (ends[0] + ends[1])
+    return float(delta) if abs(delta) < 1.0 else 0.0
+
+
 def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | None,
             background: Background, xp: np.ndarray, yp: np.ndarray, geometry: DriftGeometry,
             fwhm_px: float, gain: float | None, snr_hint: np.ndarray) -> dict[str, np.ndarray]:
@@ -523,6 +562,16 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     n_rest = np.maximum(in_ap.sum(axis=1) - wlen, 1)
     sig_rest = rms * np.sqrt(np.sum(wc**2, axis=1) * n_rest)
     compact = (rest / sig_rest < _COMPACT_REST_SNR) & ~saturated
+
+    # Common along-trail offset: a brightness change right at the start or the end of the
+    # exposure (transparency), which the linear trend cannot follow, shifts every fitted
+    # position alike. The stack of the bright trails, aligned on their fits, shows it: its
+    # half-maximum crossings, each against the plateau next to it, mark the true ends.
+    clean = (snr_hint >= _TREND_MIN_SNR) & ~saturated & ~masked & ~edge & ~compact
+    delta = _edge_offset(prof_a[clean], a, ac[clean], half_len, sigma)
+    if delta != 0.0:
+        xc, yc = xc + delta * ux, yc + delta * uy
+        x0, y0, x1, y1 = x0 + delta * ux, y0 + delta * uy, x1 + delta * ux, y1 + delta * uy
     return dict(x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
                 flux_err=np.sqrt(var).astype(np.float32), saturated=saturated, masked=masked,
                 edge=edge, compact=compact, trend=np.full(n, beta))
