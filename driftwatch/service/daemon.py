@@ -268,6 +268,7 @@ class Daemon:
                 n += 1
         if n:
             log.info("reconciliation scan: %d file(s) to look at", n)
+        self.gate.prune()
 
     def _handle(self, res: GateResult) -> None:
         for judged in res.accepted:

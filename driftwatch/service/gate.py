@@ -73,8 +73,9 @@ class Gate:
     def __post_init__(self) -> None:
         self._pending: dict[str, _Pending] = {}
         # Files already decided, by the signature they were decided at: offered again unchanged
-        # (a late event, the next scan), they are dropped at once.
-        self._decided: dict[str, Signature] = {}
+        # (a late event, the next scan), they are dropped at once. Value: (signature, when,
+        # status); see prune().
+        self._decided: dict[str, tuple[Signature, float, str]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -117,7 +118,7 @@ class Gate:
                 log.warning("cannot stat %s: %s", path, exc)
                 continue
             sig = (st.st_size, st.st_mtime_ns)
-            if self._decided.get(path) == sig:
+            if self._decided.get(path, (None,))[0] == sig:
                 del self._pending[path]
                 continue
             if sig != p.sig:
@@ -143,13 +144,13 @@ class Gate:
                 elif p.verdict.status == "corrupt":
                     corrupt.append(judged)
                 if p.verdict.status != "incomplete":
-                    self._decided[path] = sig
+                    self._decided[path] = (sig, now, p.verdict.status)
                     del self._pending[path]
                     continue
             if now - p.first_seen >= self.complete_timeout_s:
                 assert p.verdict is not None
                 timed_out.append(Judged(path, p.verdict, now - p.first_seen, *sig))
-                self._decided[path] = sig
+                self._decided[path] = (sig, now, "incomplete")
                 del self._pending[path]
         return GateResult(tuple(accepted), tuple(corrupt), tuple(timed_out))
 
@@ -160,7 +161,23 @@ class Gate:
             st = os.stat(key)
         except OSError:
             return False
-        return self._decided.get(key) == (st.st_size, st.st_mtime_ns)
+        return self._decided.get(key, (None,))[0] == (st.st_size, st.st_mtime_ns)
+
+    def prune(self, keep_s: float = 3600.0) -> int:
+        """Forget decisions that no longer matter; return how many were dropped.
+
+        Accepted and corrupt files are in the database, which keeps them from being offered
+        again, so their entry only guards against late events and goes after ``keep_s``.
+        Files reported as never complete stay remembered (else each scan would report them
+        again) until they disappear.
+        """
+        now = self.clock()
+        drop = [path for path, (_, when, status) in self._decided.items()
+                if (status != "incomplete" and now - when > keep_s)
+                or (status == "incomplete" and not os.path.exists(path))]
+        for path in drop:
+            del self._decided[path]
+        return len(drop)
 
 
 def expected_extnames(ccds: tuple[str, ...], skip: tuple[str, ...]) -> tuple[str, ...]:

@@ -136,3 +136,23 @@ def test_next_due_tracks_the_settle_window(tmp_path, gate):
 
 def test_expected_extnames_drop_dead_ccds():
     assert expected_extnames(("S1", "N30", "N4"), ("N30",)) == ("S1", "N4")
+
+
+def test_prune_keeps_stuck_files_and_forgets_old_accepted_ones(tmp_path, gate):
+    g, clock = gate
+    good, stuck = tmp_path / "good.fits", tmp_path / "stuck.fits"
+    data = _fits_bytes(tmp_path)
+    good.write_bytes(data)
+    stuck.write_bytes(data[:-2880])
+    for p in (good, stuck):
+        g.offer(p)
+    g.poll()
+    for _ in range(15):
+        clock.t += 2.5
+        g.poll()
+    assert g.decided(good) and g.decided(stuck)
+    clock.t += 4000
+    assert g.prune(keep_s=3600) == 1
+    assert not g.decided(good) and g.decided(stuck)
+    stuck.unlink()
+    assert g.prune(keep_s=3600) == 1
