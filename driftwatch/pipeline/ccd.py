@@ -106,7 +106,9 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
 def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.io.decam import read_ccd, read_dq
     from driftwatch.science.background import mask_from_dq, measure_background
-    from driftwatch.science.classify import classify_sources, streak_mask
+    from driftwatch.science.classify import (
+        classify_sources, find_streaks, line_mask, streak_mask,
+    )
     from driftwatch.science.events import duration_grid, search_events
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
@@ -144,18 +146,6 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     with timer.stage("detect"):
         det = detect_trails(image, geom, bg, fwhm_px=fwhm, mask=mask, sat_mask=sat_mask,
                             threshold_sigma=p.detect_threshold_sigma, gain=ccd.gain)
-    with timer.stage("classify"):
-        data = image - bg.full_back()
-        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4, 8))
-        src = classify_sources(data, bg.global_rms, geom, psf_sigma=fwhm / _FWHM,
-                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
-        del data
-        streaks = streak_mask(image.shape, src, half_width=1.5 * fwhm)
-        if streaks.any():
-            # samples crossed by a satellite streak are flagged (CP code 8) and never searched
-            dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
-            dq[streaks & (dq == 0)] = 8
-            notes.append(f"{int((src.cls == 'streak').sum())} streak(s) masked")
     n = det.n
     star_id = np.full(n, None, dtype=object)
     mag = np.full(n, np.nan)
@@ -165,10 +155,31 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     else:
         notes.append("catalogue matching not available in this build: trails have no star IDs")
     sigma0 = fwhm / _FWHM
-    with timer.stage("sky"):
-        radius = max(3.0 * sigma0, 2.0)
+    radius = max(3.0 * sigma0, 2.0)
+    with timer.stage("classify"):
         labels = footprint_labels(det.x0, det.y0, geom, radius, image.shape)
         covered = labels[0] > 0
+        data = image - bg.full_back()
+        # streaks (code 8) stay visible: they are classified, then masked along their line
+        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4))
+        src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
+                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
+        lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad)
+        del data
+        # a "trail" whose source is a round point (a flash the detector took for a short
+        # trail) is not a star: no light curve search, its flash comes from classification
+        trail_class = np.full(n, "trail", dtype=object)
+        has = src.trail >= 0
+        trail_class[src.trail[has]] = np.where(src.cls[has] == "point", "point", "trail")
+        streaks = streak_mask(image.shape, src, half_width=1.5 * fwhm) | \
+            line_mask(image.shape, lines.theta, lines.rho, half_width=1.5 * fwhm)
+        if streaks.any():
+            # samples crossed by a satellite streak are flagged (CP code 8) and never searched
+            dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
+            dq[streaks & (dq == 0)] = 8
+            notes.append(f"{max(len(lines.theta), int((src.cls == 'streak').sum()))} "
+                         "streak(s) masked")
+    with timer.stage("sky"):
         sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))
         sky_level = np.where(np.isfinite(sky.level), sky.level, bg.back_at(det.xc, det.yc))
@@ -187,7 +198,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     with timer.stage("events"):
         # a trail dominated by a neighbour's modelled light cannot be trusted to show events
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.3)
+            (contamination.fraction < 0.3) & (trail_class == "trail")
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
@@ -200,7 +211,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     trail_ids = np.array([f"{ccd.expnum}-{task.ccd}-{i:04d}" for i in range(n)], dtype=object)
     ra0, dec0 = (wcs.all_pix2world(det.x0, det.y0, 0) if n else (np.zeros(0), np.zeros(0)))
     trails = {
-        "trail_id": trail_ids, "star_id": star_id, "class": np.full(n, "trail", dtype=object),
+        "trail_id": trail_ids, "star_id": star_id, "class": trail_class,
         "x0": det.x0, "y0": det.y0, "xc": det.xc, "yc": det.yc, "ra0": ra0, "dec0": dec0,
         "snr": det.snr.astype(float), "flux": det.flux.astype(float),
         "flux_err": det.flux_err.astype(float), "saturated": det.saturated, "edge": det.edge,
@@ -266,11 +277,24 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "smeared_amplitude": np.concatenate([ev.smeared_amplitude, np.full(points.size, np.nan)]),
         "false_alarm": np.concatenate([ev.false_alarm, np.full(points.size, np.nan)]),
     }
-    sources = {"x": src.x, "y": src.y, "a": src.a, "b": src.b, "theta": src.theta,
-               "length": src.length, "npix": src.npix, "flux": src.flux, "snr": src.snr,
-               "class": src.cls.astype(object),
-               "trail_id": np.array([trail_ids[i] if i >= 0 else None for i in src.trail],
-                                    dtype=object)}
+    # sources: sep's, then the Hough streak lines (a streak crossing star trails merges with
+    # them in sep's segmentation; the line is what identifies it)
+    nl = len(lines.theta)
+    sources = {
+        "x": np.concatenate([src.x, lines.x]), "y": np.concatenate([src.y, lines.y]),
+        "a": np.concatenate([src.a, lines.length / np.sqrt(12.0)]),
+        "b": np.concatenate([src.b, np.full(nl, np.nan)]),
+        "theta": np.concatenate([src.theta, lines.theta + np.pi / 2]),
+        "length": np.concatenate([src.length, lines.length]),
+        "npix": np.concatenate([src.npix, lines.votes]),
+        "flux": np.concatenate([src.flux, np.full(nl, np.nan)]),
+        "snr": np.concatenate([src.snr, np.full(nl, np.nan)]),
+        "extension": np.concatenate([src.extension, np.zeros(nl)]),
+        "psf_flux": np.concatenate([src.psf_flux, np.full(nl, np.nan)]),
+        "class": np.concatenate([src.cls.astype(object), np.full(nl, "streak", dtype=object)]),
+        "trail_id": np.array([trail_ids[i] if i >= 0 else None for i in src.trail] + [None] * nl,
+                             dtype=object),
+    }
     hdr = wcs.to_header(relax=True)
     stamp_data = []
     if task.alerts_enabled and p.stamps:

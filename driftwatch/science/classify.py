@@ -28,7 +28,8 @@ import sep
 
 from driftwatch.science.geometry import DriftGeometry
 
-__all__ = ["CLASSES", "Sources", "classify_sources", "psf_photometry", "streak_mask"]
+__all__ = ["CLASSES", "Sources", "StreakLines", "classify_sources", "find_streaks", "line_mask",
+           "psf_photometry", "streak_mask"]
 
 CLASSES: tuple[str, ...] = ("trail", "point", "streak", "cosmic_ray", "artefact")
 
@@ -64,8 +65,9 @@ class Sources:
         (NaN otherwise): the moments of a streak that crossed star trails are biased by them,
         the line is not.
     extension : ndarray, float64, shape (k,)
-        Flux along the drift beyond the PSF fit (box along the trail minus PSF flux), in units
-        of the box noise: large for a fragment of a faint undetected trail, ~0 for a flash.
+        Flux along the drift more than 1.5 FWHM from the source, in units of its noise, when it
+        exceeds 30 % of the PSF flux (else 0): large for a fragment of a faint undetected
+        trail, 0 for a flash.
     """
 
     x: np.ndarray
@@ -210,10 +212,13 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
         extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
                                      np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
                                      geom, fwhm)
-    cls[round_psf & ~near_edge & (extension < 3.0)] = "point"
-    cls[round_psf & ~near_edge & (extension >= 3.0)] = "trail"
+    point = round_psf & ~near_edge & (extension < 3.0)
     cls[trail_shape] = "trail"
     cls[trail_of >= 0] = "trail"
+    cls[round_psf & ~near_edge & (extension >= 3.0)] = "trail"
+    # a round, PSF-sized source without light along the drift is a point source even where the
+    # trail detector found a (short) "trail" in it
+    cls[point] = "point"
     cls[sharp & (trail_of < 0)] = "cosmic_ray"
     cls[streak] = "streak"
     line_theta = np.full(k, np.nan)
@@ -229,19 +234,26 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
 
 def _extension(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf_flux: np.ndarray,
                noise: np.ndarray, geom: DriftGeometry, fwhm: float) -> np.ndarray:
-    """Flux in a trail-shaped box centred on each source beyond its PSF flux, in box sigmas."""
+    """Light along the drift beyond 1.5 FWHM from each source, in sigmas (0 if < 0.3 x PSF flux).
+
+    A box as long as a trail, centred on the source, minus its central +-1.5 FWHM: a point
+    source leaves only its PSF wings there (a few per cent of its flux), a fragment of a faint
+    trail leaves the rest of the trail.
+    """
     from driftwatch.science.photometry import trail_grid
 
     ux, uy = geom.unit
     L = geom.length_px
     h = int(np.ceil(fwhm))
     g = trail_grid(x - ux * L / 2, y - uy * L / 2, geom, h, data.shape, pad=h)
-    vals = np.where(g.inside, data[g.iy.clip(0, data.shape[0] - 1),
-                                   g.ix.clip(0, data.shape[1] - 1)], 0.0)
-    npix = g.inside.sum(axis=(1, 2))
-    box = vals.sum(axis=(1, 2))
+    sc = g.s - L / 2  # along-trail distance from the source
+    outer = g.inside & (np.abs(sc)[:, :, None] > 1.5 * fwhm)
+    vals = np.where(outer, data[g.iy.clip(0, data.shape[0] - 1),
+                                g.ix.clip(0, data.shape[1] - 1)], 0.0)
+    npix = outer.sum(axis=(1, 2))
+    ext = vals.sum(axis=(1, 2))
     sigma_box = noise * np.sqrt(np.maximum(npix, 1))
-    return (box - psf_flux) / sigma_box
+    return np.where(ext > 0.3 * np.abs(psf_flux), ext / sigma_box, 0.0)
 
 
 def _hough_line(seg: np.ndarray, label: int, obj: np.void,
@@ -297,6 +309,138 @@ def streak_mask(shape: tuple[int, int], sources: Sources, *, half_width: float,
         fx, fy = r0 * c - along0 * s_, r0 * s_ + along0 * c
         px = fx - t[:, None] * s_ + w[None, :] * c
         py = fy + t[:, None] * c + w[None, :] * s_
+        ix = np.rint(px).astype(np.int64)
+        iy = np.rint(py).astype(np.int64)
+        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        mask[iy[ok], ix[ok]] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class StreakLines:
+    """Straight streaks found by :func:`find_streaks` (``k`` lines).
+
+    Attributes
+    ----------
+    theta, rho : ndarray, float64, shape (k,)
+        Line ``x cos(theta) + y sin(theta) = rho`` (pixels, 0-based).
+    x, y : ndarray, float64, shape (k,)
+        Middle of the detected part of the line.
+    length : ndarray, float64, shape (k,)
+        Extent of the detected part, pixels.
+    votes : ndarray, int64, shape (k,)
+        Significant bins on the line.
+    """
+
+    theta: np.ndarray
+    rho: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    length: np.ndarray
+    votes: np.ndarray
+
+
+def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: int = 4,
+                 snr: float = 5.0, min_votes: int = 30, max_lines: int = 5,
+                 drift_angle: float | None = None, drift_votes: int = 150,
+                 min_fill: float = 0.5) -> StreakLines:
+    """Find long straight streaks (satellites) by a Hough transform of a binned image.
+
+    Star trails, bright sources and bad pixels (``masked``) are set to zero, the image is
+    binned ``bin_px`` x ``bin_px`` (a faint line gains ~``bin_px`` in signal-to-noise per bin,
+    noise only ``sqrt``), bins above ``snr`` vote for lines through them (0.5 degree, one-bin
+    rho cells), and lines with at least ``min_votes`` bins are taken, strongest first, their
+    bins (and those within 3 bins of the line) removed before the next. Within 3 degrees of
+    the drift direction (``drift_angle``, radians from +x), where rows of faint star trails
+    line up, a line needs ``drift_votes``.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Background-subtracted image, ADU.
+    noise : float
+        Per-pixel noise, ADU.
+    masked : ndarray, bool, shape (ny, nx)
+        Pixels to ignore.
+    """
+    ny, nx = data.shape
+    by, bx = ny // bin_px, nx // bin_px
+    crop = (slice(0, by * bin_px), slice(0, bx * bin_px))
+    vals = np.where(masked[crop], 0.0, data[crop]).reshape(by, bin_px, bx, bin_px)
+    cnt = (~masked[crop]).reshape(by, bin_px, bx, bin_px).sum(axis=(1, 3))
+    tot = vals.sum(axis=(1, 3))
+    z = tot / (noise * np.sqrt(np.maximum(cnt, 1)))
+    iy, ix = np.nonzero((z > snr) & (cnt >= bin_px * bin_px // 2))
+    empty = StreakLines(*(np.zeros(0) for _ in range(5)), votes=np.zeros(0, np.int64))
+    if iy.size < min_votes:
+        return empty
+    px = (ix + 0.5) * bin_px - 0.5
+    py = (iy + 0.5) * bin_px - 0.5
+    thetas = np.radians(np.arange(0.0, 180.0, 0.5))
+    ct, st = np.cos(thetas), np.sin(thetas)
+    out: list[tuple[float, float, float, float, float, int]] = []
+    alive = np.ones(px.size, bool)
+    for _ in range(max_lines):
+        if alive.sum() < min_votes:
+            break
+        x, y = px[alive], py[alive]
+        rho = x[:, None] * ct[None, :] + y[:, None] * st[None, :]
+        rmin = float(rho.min())
+        ri = ((rho - rmin) / bin_px).astype(np.int64)
+        nr = int(ri.max()) + 1
+        votes = np.bincount((ri + nr * np.arange(thetas.size)[None, :]).ravel(),
+                            minlength=nr * thetas.size)
+        if drift_angle is not None:
+            # the line's direction is theta + 90 degrees
+            dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
+            need = np.where(dang < np.radians(3.0), drift_votes, min_votes)
+            votes = np.where(votes >= np.repeat(need, nr), votes, 0)
+        best = int(np.argmax(votes))
+        if votes[best] < min_votes:
+            break
+        ti, rj = divmod(best, nr)
+        r0 = rmin + (rj + 0.5) * bin_px
+        dist = np.abs(x * ct[ti] + y * st[ti] - r0)
+        on = dist <= 1.5 * bin_px
+        near = dist <= 3.0 * bin_px
+        # along-line extent of the supporting bins
+        along = -x[on] * st[ti] + y[on] * ct[ti]
+        a0, a1 = float(along.min()), float(along.max())
+        am = 0.5 * (a0 + a1)
+        idx = np.flatnonzero(alive)
+        alive[idx[near]] = False
+        # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
+        # a chance alignment of faint sources is not
+        a = np.arange(a0, a1 + bin_px, bin_px / 2)
+        lx = r0 * ct[ti] - a[:, None] * st[ti] + np.array([-1, 0, 1])[None, :] * bin_px * ct[ti]
+        ly = r0 * st[ti] + a[:, None] * ct[ti] + np.array([-1, 0, 1])[None, :] * bin_px * st[ti]
+        bxi = np.clip(((lx + 0.5) / bin_px).astype(np.int64), 0, bx - 1)
+        byi = np.clip(((ly + 0.5) / bin_px).astype(np.int64), 0, by - 1)
+        usable = (cnt[byi, bxi] >= bin_px * bin_px // 2).any(axis=1)
+        signif = ((z[byi, bxi] > snr - 1.0) & (cnt[byi, bxi] >= bin_px * bin_px // 2)).any(axis=1)
+        if usable.sum() == 0 or signif.sum() < min_fill * usable.sum():
+            continue
+        out.append((float(thetas[ti]), r0, r0 * ct[ti] - am * st[ti], r0 * st[ti] + am * ct[ti],
+                    a1 - a0 + bin_px, int(on.sum())))
+    if not out:
+        return empty
+    a = np.asarray(out)
+    return StreakLines(theta=a[:, 0], rho=a[:, 1], x=a[:, 2], y=a[:, 3], length=a[:, 4],
+                       votes=a[:, 5].astype(np.int64))
+
+
+def line_mask(shape: tuple[int, int], theta: np.ndarray, rho: np.ndarray, *,
+              half_width: float, step: float = 0.5) -> np.ndarray:
+    """Return a boolean mask of the pixels within ``half_width`` of lines (theta, rho)."""
+    ny, nx = shape
+    mask = np.zeros(shape, dtype=bool)
+    diag = float(np.hypot(ny, nx))
+    t = np.arange(-diag, 2 * diag, step)
+    w = np.arange(-half_width, half_width + step, step)
+    for th, r0 in zip(np.atleast_1d(theta), np.atleast_1d(rho)):  # a few lines per CCD
+        c, s_ = np.cos(th), np.sin(th)
+        px = r0 * c - t[:, None] * s_ + w[None, :] * c
+        py = r0 * s_ + t[:, None] * c + w[None, :] * s_
         ix = np.rint(px).astype(np.int64)
         iy = np.rint(py).astype(np.int64)
         ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
