@@ -263,3 +263,50 @@ def test_simulated_night_through_the_real_pipeline(tmp_path, daemons):
     assert dq == [(0,)]                                            # every image got its mask
     d.signal(signal.SIGTERM)
     assert d.wait(30) == 0
+
+
+def test_watchdog_pings_only_while_the_database_answers(tmp_path):
+    """In-process: the health check gates WATCHDOG=1 (real SQLite, real socket, real pool)."""
+    import socket as socketmod
+
+    from driftwatch.config import load_config
+    from driftwatch.service.daemon import Daemon
+    from driftwatch.service.dispatcher import Dispatcher
+    from driftwatch.service.executor import LocalExecutor
+    from driftwatch.service.sdnotify import Notifier
+    from driftwatch.store.db import Store
+
+    cfg = load_config(write_config(tmp_path))
+    sock = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "n.sock"))
+    sock.settimeout(0.2)
+    d = Daemon(cfg, notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock"),
+                                       "WATCHDOG_USEC": "2"}))    # a ping due at every turn
+    d.store = Store.from_config(cfg)
+    d.executor = LocalExecutor(1)
+    d.dispatcher = Dispatcher(cfg, d.store, d.executor)
+    d.watcher = d._make_watcher(cfg)
+    d.watcher.start()
+
+    def pinged() -> bool:
+        d._health()
+        try:
+            return b"WATCHDOG=1" in sock.recv(4096).split(b"\n")
+        except (TimeoutError, socketmod.timeout):
+            return False
+
+    try:
+        assert pinged()
+        d.store.dispose()
+        shutil.rmtree(cfg.paths.state)                              # the database is gone
+        (tmp_path / "state").write_text("not a folder")             # and cannot come back
+        assert not pinged() and not d._healthy
+        (tmp_path / "state").unlink()
+        (tmp_path / "state").mkdir()
+        assert pinged() and d._healthy                              # restored
+    finally:
+        d.watcher.stop()
+        d.executor.shutdown(wait=True)
+        d.store.dispose()
+        d.notifier.close()
+        sock.close()
