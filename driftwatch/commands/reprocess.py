@@ -84,7 +84,9 @@ def _check_args(args: argparse.Namespace, cfg: Config) -> None:
 def _plan(cfg: Config, store, args: argparse.Namespace) -> tuple[list[int], list[str]]:
     """Plan the night's files; return (job ids in scope, problems with unreadable files)."""
     from driftwatch.io.decam import read_exposure_info
-    from driftwatch.service.planner import mark_missing_masks, plan_file, scan_night
+    from driftwatch.service.planner import (
+        file_checksum, mark_missing_masks, plan_file, scan_night,
+    )
 
     infos, problems = scan_night(cfg, args.night)
     seen = {str(Path(i.path).resolve()) for i in infos}
@@ -108,19 +110,21 @@ def _plan(cfg: Config, store, args: argparse.Namespace) -> tuple[list[int], list
     wanted = set(args.expnum or ())
     scope: list[int] = []
     drift_ids = []
-    with store.session_scope() as s:
-        for info in sorted(infos, key=rank):
-            is_image = info.prodtype.lower() == "image"
-            if (wanted and info.expnum not in wanted and is_image
-                    and info.band not in cfg.pipeline.pointed_bands):
-                continue
-            res = plan_file(s, info.path, info, cfg, force=args.force, retry_failed=True,
-                            ccds=args.ccd)
+    for info in sorted(infos, key=rank):
+        is_image = info.prodtype.lower() == "image"
+        if (wanted and info.expnum not in wanted and is_image
+                and info.band not in cfg.pipeline.pointed_bands):
+            continue
+        checksum = file_checksum(info.path)  # outside the transaction: it reads the whole file
+        with store.session_scope() as s:  # one short write transaction per file
+            res = plan_file(s, info.path, info, cfg, checksum=checksum, force=args.force,
+                            retry_failed=True, ccds=args.ccd)
             if res.role == ROLE_POINTED and args.force:
                 _reset_catalogue(s, res.exposure, cfg)
             if res.role == ROLE_DRIFT:
                 scope.extend(res.job_ids)
                 drift_ids.append(res.exposure.id)
+    with store.session_scope() as s:
         mark_missing_masks(s, drift_ids)
         deps = s.scalars(select(CcdJob.depends_on_id).where(
             CcdJob.id.in_(scope), CcdJob.depends_on_id.is_not(None))).all()

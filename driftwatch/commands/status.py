@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     store = Store.from_config(cfg)
     try:
-        with store.session_scope() as s:
+        with store.session_scope(readonly=True) as s:
             which = [args.night] if args.night else nights(s)
             reports = [night_report(s, n) for n in which]
     finally:

@@ -30,6 +30,7 @@ from driftwatch.errors import StoreError
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+READONLY_OPTION = "driftwatch_readonly"
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -47,7 +48,10 @@ def _sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions (status reports) start a deferred transaction: with WAL they
+        # neither wait for nor block the writer.
+        readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -145,9 +149,16 @@ class Store:
         return self._factory()
 
     @contextmanager
-    def session_scope(self) -> Iterator[Session]:
-        """Yield a session; commit when the block ends, roll back if it raises."""
-        session = self._factory()
+    def session_scope(self, *, readonly: bool = False) -> Iterator[Session]:
+        """Yield a session; commit when the block ends, roll back if it raises.
+
+        Keep write transactions short: on SQLite each one holds the database's write lock
+        from its first statement. ``readonly`` sessions (reports) do not take that lock.
+        """
+        if readonly:
+            session = self._factory(bind=self.engine.execution_options(**{READONLY_OPTION: True}))
+        else:
+            session = self._factory()
         try:
             yield session
             session.commit()

@@ -134,3 +134,26 @@ def test_writer_lock_excludes_other_processes(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_readonly_sessions_do_not_wait_for_the_writer(tmp_path, monkeypatch):
+    from driftwatch.store import db as dbmod
+
+    path = tmp_path / "db.sqlite"
+    Store(f"sqlite:///{path}").dispose()
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 200)
+    store = Store(f"sqlite:///{path}", migrate=False)
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO exposures (path, role, state, arrived_at, updated_at) "
+                  "VALUES ('/x', 'drift', 'planned', '2026-11-21', '2026-11-21')")
+    try:
+        with store.session_scope(readonly=True) as s:
+            assert s.query(Exposure).count() == 0   # the writer's row is not committed yet
+        with pytest.raises(StoreError, match="locked"):
+            with store.session_scope() as s:
+                s.query(Exposure).count()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.dispose()
