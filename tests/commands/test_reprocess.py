@@ -93,19 +93,26 @@ def test_reprocess_subset_and_failures_exit_1(night):
     ([NIGHT, "--ccd", "S10"], "not in pipeline.ccds"),
     ([NIGHT, "--workers", "0"], "at least 1"),
 ])
-def test_bad_arguments_exit_2(night, args, message):
+def test_bad_arguments_exit_2(night, args, message, capsys):
+    from driftwatch.cli import main
+
     root, cfg = night
-    r = subprocess.run([*DRIFTWATCH, "reprocess", *args, "--config", str(cfg)], env=env(),
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert main(["reprocess", *args, "--config", str(cfg)]) == 2
+    assert message in capsys.readouterr().err
 
 
-def test_missing_folders_and_config_exit_2(tmp_path):
+def test_missing_folders_and_config_exit_2(tmp_path, capsys, monkeypatch):
+    from driftwatch.cli import main
+
     make_config(tmp_path)  # incoming/ never created
-    r = reprocess(tmp_path / "driftwatch.yaml")
-    assert r.returncode == 2 and "do not exist" in r.stderr and "incoming" in r.stderr
-    r = reprocess(tmp_path / "nope.yaml")
-    assert r.returncode == 2 and "nope.yaml" in r.stderr
+    assert main(["reprocess", NIGHT, "--config", str(tmp_path / "driftwatch.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "do not exist" in err and "incoming" in err
+    assert main(["reprocess", NIGHT, "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    monkeypatch.setenv("DRIFTWATCH_CONFIG", str(tmp_path / "env.yaml"))  # the default
+    assert main(["reprocess", NIGHT]) == 2
+    assert "env.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.slow
