@@ -141,6 +141,7 @@ def _photometry(runs: list[dict], rng: np.random.Generator) -> dict[str, Any]:
 
 def _injection(runs: list[dict]) -> dict[str, Any]:
     from driftwatch.science.events import smeared_shape
+    from driftwatch.science.photometry import LineProfile
     from driftwatch.simulate.scene import paczynski_magnification
 
     rows = []
@@ -156,6 +157,7 @@ def _injection(runs: list[dict]) -> dict[str, Any]:
         t0 = truth.iloc[0]
         spp = scene.exptime / np.hypot(t0.x1 - t0.x0, t0.y1 - t0.y0)
         smear_s = scene.fwhm_px / 2.3548 * spp
+        lsf = LineProfile.moffat(scene.fwhm_px, scene.moffat_beta)
         cand_trail = np.asarray(ca["trail_id"], dtype=object)
         for _, e in ev.iterrows():
             j = int(jmap.get(e.star_id, -1))
@@ -164,7 +166,7 @@ def _injection(runs: list[dict]) -> dict[str, Any]:
             row["fluence"] = float(np.trapezoid(
                 paczynski_magnification(grid, e.t_peak_s, e.amplitude, e.duration_s) - 1.0, grid))
             shape_peak = float(smeared_shape(np.array([0.0]), e.duration_s, smear_s,
-                                             e.amplitude)[0])
+                                             e.amplitude, lambda t: lsf.pixel(t / spp))[0])
             row["smeared_peak"] = e.amplitude * shape_peak
             row["noise"] = np.nan
             row["found"] = False

@@ -202,9 +202,10 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
+                           smear_kernel=lambda t: profile.pixel(t / geom.seconds_per_px),
                            durations=duration_grid(p.event_min_duration_s,
                                                    p.event_max_duration_s),
-                           threshold=p.event_threshold_sigma, chi=nm.chi,
+                           threshold=p.event_threshold_sigma,
                            searchable=searchable, shift=lc.shift / bl,
                            shift_err=lc.shift_err / bl)
     # --- tables -------------------------------------------------------------------------

@@ -17,7 +17,8 @@ not change it, so it is well measured even for events much shorter than the smea
 amplitude is not.
 
 Significance, corrected for correlated noise: the errors of each star are first scaled by its
-residual scatter over expected noise (when above 1), then the filtered statistic of each
+excess white noise (scatter of consecutive-sample differences over expected, when above 1:
+unlike the scatter of the curve, an event does not raise it), then the filtered statistic of each
 template is divided by its robust standard deviation over all stars and centres of the CCD
 (red noise and normalisation errors widen it at the durations they affect; never below 1). The
 trials factor is reported as a false-alarm probability; the threshold applies to the calibrated
@@ -30,12 +31,14 @@ neighbour overlapping part of the trail does not).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
-__all__ = ["EventCandidates", "duration_grid", "event_shape", "smeared_shape", "search_events"]
+__all__ = ["EventCandidates", "difference_scatter", "duration_grid", "event_shape", "smeared_shape",
+           "search_events"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Peak amplitudes of the template shapes (the shape, not the fitted amplitude).
@@ -61,19 +64,25 @@ def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np
 
 
 def smeared_shape(lags: np.ndarray, duration_s: float, smear_sigma_s: float,
-                  amplitude: float = 0.05) -> np.ndarray:
+                  amplitude: float = 0.05,
+                  smear_kernel: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Return the event shape convolved with the along-trail smear, at time lags (s).
 
-    Numerical convolution on a fine grid; the result is in units of the intrinsic peak.
+    The smear is a Gaussian of ``smear_sigma_s`` unless ``smear_kernel`` (a function of time
+    in seconds giving the smear's density, e.g. the pixel-integrated line profile of the PSF
+    along the trail) is given; ``smear_sigma_s`` then only sets the grid. Numerical
+    convolution on a fine grid; the result is in units of the intrinsic peak.
     """
     lags = np.asarray(lags, float)
-    span = np.abs(lags).max() + 6.0 * smear_sigma_s + 1.0
+    half = 8.0 * smear_sigma_s
+    span = np.abs(lags).max() + half + 1.0
     dt = min(duration_s, smear_sigma_s) / 10.0
     grid = np.arange(-span, span + dt / 2, dt)
     shape = event_shape(grid, duration_s, amplitude)
-    kern_t = np.arange(-6 * smear_sigma_s, 6 * smear_sigma_s + dt / 2, dt)
-    kern = np.exp(-0.5 * (kern_t / smear_sigma_s) ** 2)
-    kern /= kern.sum()
+    kern_t = np.arange(-half, half + dt / 2, dt)
+    kern = (np.exp(-0.5 * (kern_t / smear_sigma_s) ** 2) if smear_kernel is None
+            else np.asarray(smear_kernel(kern_t), float))
+    kern = kern / kern.sum()
     conv = fftconvolve(shape, kern, mode="same")
     return np.interp(lags, grid, conv)
 
@@ -140,7 +149,8 @@ def duration_grid(min_s: float, max_s: float, per_octave: int = 2) -> np.ndarray
 
 
 def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[float, ...],
-               smear_sigma_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               smear_sigma_s: float, smear_kernel: Callable[[np.ndarray], np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Smeared templates, shape (s, c, k) for s = (duration, amplitude) pairs, centre, sample.
 
     Returns the templates, each shape's duration and amplitude (s,).
@@ -149,7 +159,7 @@ def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[floa
     prof, dur, amp = [], [], []
     for d in durations:
         for a in amplitudes:
-            prof.append(smeared_shape(lags, float(d), smear_sigma_s, a))
+            prof.append(smeared_shape(lags, float(d), smear_sigma_s, a, smear_kernel))
             dur.append(d)
             amp.append(a)
     prof_arr = np.asarray(prof)
@@ -158,8 +168,32 @@ def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[floa
     return prof_arr[:, lag_index], np.asarray(dur), np.asarray(amp)
 
 
+def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Robust scatter of consecutive-sample differences over their expected noise, per star.
+
+    A smooth event (wider than the PSF smear, i.e. several samples) barely changes the
+    differences of consecutive samples, so unlike the scatter of the curve itself this measure
+    of excess white noise is not raised by the very events being searched for.
+
+    Returns
+    -------
+    ndarray, shape (n,): 1.4826 x MAD of ``diff(flux) / sqrt(err_k^2 + err_k+1^2)`` over pairs
+    of usable samples (NaN with fewer than 8 pairs).
+    """
+    both = ok[:, 1:] & ok[:, :-1]
+    z = np.diff(flux, axis=1) / np.sqrt(err[:, 1:] ** 2 + err[:, :-1] ** 2)
+    v = np.where(both, z, np.nan)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(v, axis=1)
+        out = 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+    return np.where(both.sum(axis=1) >= 8, out, np.nan)
+
+
 def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.ndarray, *,
                   seconds_per_px: float, smear_sigma_s: float, durations: np.ndarray,
+                  smear_kernel: Callable[[np.ndarray], np.ndarray] | None = None,
                   threshold: float, chi: np.ndarray | None = None,
                   searchable: np.ndarray | None = None, min_cover: float = 0.6,
                   shift: np.ndarray | None = None, shift_err: np.ndarray | None = None,
@@ -182,12 +216,17 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         Time between samples.
     smear_sigma_s : float
         Along-trail PSF sigma expressed in seconds.
+    smear_kernel : callable, optional
+        Density of the along-trail smear as a function of time (s); default a Gaussian of
+        ``smear_sigma_s``. The pipeline passes the pixel-integrated line profile of the PSF
+        (a Moffat's wings make the smear wider than its Gaussian equivalent).
     durations : ndarray, shape (d,)
         Intrinsic FWHM durations searched, seconds.
     threshold : float
         Candidate threshold on the calibrated significance.
     chi : ndarray, shape (n,), optional
-        Residual scatter over expected noise of each star (errors scaled up where > 1).
+        Residual scatter over expected noise of each star (errors scaled up where > 1); by
+        default :func:`difference_scatter`, which an event itself does not inflate.
     searchable : ndarray, bool, shape (n,), optional
         Stars searched (e.g. star trails that were normalised); others give no candidate.
     min_cover : float
@@ -209,13 +248,16 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     n, m = flux.shape
     durations = np.asarray(durations, float)
     spp = float(seconds_per_px)
-    T, shape_dur, shape_amp = _templates(m, spp, durations, SHAPE_AMPLITUDES, smear_sigma_s)
+    T, shape_dur, shape_amp = _templates(m, spp, durations, SHAPE_AMPLITUDES, smear_sigma_s,
+                                         smear_kernel)
     n_shapes = shape_dur.size
     T2 = T * T
-    scale = np.ones(n) if chi is None else np.where(np.isfinite(chi), np.maximum(chi, 1.0), 1.0)
     ok = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
     if searchable is not None:
         ok &= np.asarray(searchable, bool)[:, None]
+    if chi is None:
+        chi = difference_scatter(flux, err, ok)
+    scale = np.where(np.isfinite(chi), np.maximum(chi, 1.0), 1.0)
     w = np.where(ok, 1.0 / (np.where(ok, err, 1.0) * scale[:, None]) ** 2, 0.0)
     r = np.where(ok, flux - 1.0, 0.0)
     wr = w * r
