@@ -5,7 +5,8 @@ name in the same parent folder and renamed into place only when every file is wr
 reader (or a crash) never sees a half-written product. A previous folder of the same CCD is
 moved aside and removed after the rename. Tables are Parquet files that both
 ``astropy.table.Table.read`` and ``pandas.read_parquet`` open; each carries the provenance as
-schema metadata (key ``driftwatch``, JSON), and ``provenance.json`` repeats it.
+schema metadata (key ``driftwatch``, JSON), and ``provenance.json`` repeats it. String columns
+hold ``""`` where there is no value (e.g. ``star_id`` of an unmatched trail).
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray], provenance: Mappi
                 *, units: Mapping[str, str] | None = None) -> None:
     """Write a columnar table as Parquet with the provenance in the schema metadata."""
     arrays = {}
+    meta = {META_KEY: json.dumps(dict(provenance), sort_keys=True).encode()}
     for name, col in columns.items():
         col = np.asarray(col)
         if col.dtype == object or col.dtype.kind == "U":
-            arrays[name] = pa.array([None if v is None else str(v) for v in col], pa.string())
+            # astropy's reader needs non-null strings and their width: "" stands for none
+            values = ["" if v is None else str(v) for v in col]
+            arrays[name] = pa.array(values, pa.string())
+            width = max((len(v) for v in values), default=0)
+            meta[f"table::len::{name}".encode()] = str(max(width, 1)).encode()
         else:
             arrays[name] = pa.array(col)
     table = pa.table(arrays)
-    meta = {META_KEY: json.dumps(dict(provenance), sort_keys=True).encode()}
     if units:
         meta[b"driftwatch.units"] = json.dumps(dict(units), sort_keys=True).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
@@ -70,7 +75,10 @@ class ProductWriter:
     def header(self, name: str, header: fits.Header) -> Path:
         """Write a FITS file with an empty primary HDU carrying ``header`` (e.g. the WCS)."""
         hdr = header.copy()
-        hdr["DWPROV"] = (json.dumps(self.provenance, sort_keys=True)[:68], "driftwatch provenance")
+        prov = self.provenance
+        hdr["DWVERS"] = (str(prov.get("pipeline_version", "")), "driftwatch version")
+        hdr["DWCONFIG"] = (str(prov.get("config_hash", "")), "pipeline config hash")
+        hdr["DWINSUM"] = str(prov.get("input_checksum", ""))[:64]  # no room for a comment
         path = self.tmp / f"{name}.fits"
         fits.PrimaryHDU(header=hdr).writeto(path)
         return path

@@ -200,14 +200,15 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.3) & (trail_class == "trail")
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl
         ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
                            smear_kernel=lambda t: profile.pixel(t / geom.seconds_per_px),
                            durations=duration_grid(p.event_min_duration_s,
                                                    p.event_max_duration_s),
                            threshold=p.event_threshold_sigma,
-                           searchable=searchable, shift=lc.shift / bl,
-                           shift_err=lc.shift_err / bl)
+                           searchable=searchable, shift=shift_rel, shift_err=shift_err_rel)
     # --- tables -------------------------------------------------------------------------
     trail_ids = np.array([f"{ccd.expnum}-{task.ccd}-{i:04d}" for i in range(n)], dtype=object)
     ra0, dec0 = (wcs.all_pix2world(det.x0, det.y0, 0) if n else (np.zeros(0), np.zeros(0)))
@@ -296,7 +297,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "trail_id": np.array([trail_ids[i] if i >= 0 else None for i in src.trail] + [None] * nl,
                              dtype=object),
     }
-    hdr = wcs.to_header(relax=True)
+    hdr = _wcs_cards(ccd.header)
     stamp_data = []
     if task.alerts_enabled and p.stamps:
         for c, s in zip(cands, stamps):
@@ -313,6 +314,25 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                              "candidates": candidates, "sources": sources},
                      candidates=tuple(cands), wcs_header=hdr, stamps=tuple(stamp_data),
                      n_trails=n, n_matched=int(sum(v is not None for v in star_id)))
+
+
+def _wcs_cards(header: Any) -> Any:
+    """Return the WCS cards of a CCD header (TPV distortion terms included) as a new header.
+
+    astropy's ``WCS.to_header`` writes TPV back as TAN without its PV terms, so the cards are
+    copied instead.
+    """
+    import re
+
+    from astropy.io import fits
+
+    keep = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CD\d_\d|CDELT\d|PC\d_\d|"
+                      r"PV\d_\d+|RADESYS|EQUINOX|LONPOLE|LATPOLE)$")
+    out = fits.Header()
+    for card in header.cards:
+        if keep.match(card.keyword):
+            out[card.keyword] = (card.value, card.comment)
+    return out
 
 
 def _write(task: CcdTask, result: CcdResult) -> tuple[str, tuple[CandidateSummary, ...]]:
