@@ -152,6 +152,13 @@ def _one_seed(seed: int, repeats: int, workdir: Path) -> dict[str, Any]:
         inside = ((np.minimum(tr.x0, tr.x1) > 2) & (np.maximum(tr.x0, tr.x1) < nx - 3)
                   & (tr.y0 > 2) & (tr.y0 < ny - 3)).values
         blend = _blended(xc_t, y_t, f, length, fwhm)
+        # Trails crossed by a satellite streak are blended with it.
+        ev = truth.events
+        streaks = ev[(ev.kind == "streak") & (ev.expnum == row.expnum) & (ev.ccd == ccd)]
+        for _, sk in streaks.iterrows():
+            ph = math.atan2(sk.y_end - sk.y_start, sk.x_end - sk.x_start)
+            dist = np.abs((xc_t - sk.x_start) * math.sin(ph) - (y_t - sk.y_start) * math.cos(ph))
+            blend |= dist < 3 * fwhm
         sel = (snr >= 10) & ~blend & ~tr.saturated.values & inside
         found, _ = _footprint_match(xc_t, y_t, det.xc, det.yc, length / 2, 3.0)
         across = np.where(det.saturated, 3 * fwhm, 3.0)
@@ -170,7 +177,8 @@ def _one_seed(seed: int, repeats: int, workdir: Path) -> dict[str, Any]:
             "expnum": int(row.expnum),
             "detect_match_s": _stats(times),
             "n_trails_truth": int(len(tr)), "n_detections": det.n,
-            "n_compact_rejected": det.n_compact,
+            "n_compact_rejected": det.n_compact, "n_streak_rejected": det.n_streak,
+            "n_streaks_truth": int(len(streaks)),
             "completeness_snr10": float(found[sel].mean()) if sel.any() else math.nan,
             "n_completeness_sample": int(sel.sum()),
             "false_fraction": float((~real).sum() / max(det.n, 1)),

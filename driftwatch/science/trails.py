@@ -43,7 +43,7 @@ from driftwatch.errors import ScienceError
 from driftwatch.science.background import Background
 from driftwatch.science.geometry import DriftGeometry
 
-__all__ = ["TrailDetections", "FilterMap", "detect_trails", "trail_filter_map",
+__all__ = ["TrailDetections", "FilterMap", "detect_trails", "find_streak_members", "trail_filter_map",
            "trail_filter_reference", "trail_kernel"]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -100,6 +100,8 @@ class TrailDetections:
         ``"separable"`` (trail along x) or ``"fft"`` (any other direction).
     n_compact : int
         Compact (non-trail) peaks found and, unless asked otherwise, left out.
+    n_streak : int
+        Detections found strung along a straight line (a satellite streak) and left out.
     trend : float
         Common fractional brightness change from the start to the end of the trails (the
         transparency trend over the exposure, from trails with S/N >= 50; 0 when too few),
@@ -124,6 +126,7 @@ class TrailDetections:
     noise_scale: float
     method: str
     n_compact: int = 0
+    n_streak: int = 0
     trend: float = 0.0
 
     @property
@@ -581,7 +584,7 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
                   fwhm_px: float, mask: np.ndarray | None = None,
                   sat_mask: np.ndarray | None = None, threshold_sigma: float = 5.0,
                   gain: float | None = None, bin_x: int = 4,
-                  reject_compact: bool = True) -> TrailDetections:
+                  reject_compact: bool = True, reject_streaks: bool = True) -> TrailDetections:
     """Detect the star trails of one drift CCD.
 
     Parameters
@@ -608,6 +611,9 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
         Drop detections with no significant light outside their brightest FWHM-wide stretch
         (cosmic rays the DQ mask missed, undrifted flashes): these are not trails. Their number
         is kept in ``n_compact``; classifying them is the job of ``science.classify``.
+    reject_streaks : bool
+        Drop detections strung along a straight line (:func:`find_streak_members`): a
+        satellite streak, not trails. Their number is kept in ``n_streak``.
 
     Returns
     -------
@@ -653,6 +659,79 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
         keep = ~compact
         ref = {k: v[keep] for k, v in ref.items()}
         psnr = psnr[keep]
-    return TrailDetections(n_compact=n_compact, trend=trend, snr=psnr.astype(np.float32), geometry=geometry, fwhm_px=float(fwhm_px),
-                           threshold_sigma=float(threshold_sigma), noise_scale=float(measured),
-                           method=method, **ref)
+    on_streak = find_streak_members(ref["xc"], ref["yc"], geometry.length_px, fwhm_px,
+                                    snr=psnr)
+    n_streak = int(np.count_nonzero(on_streak))
+    if n_streak and reject_streaks:
+        keep = ~on_streak
+        ref = {k: v[keep] for k, v in ref.items()}
+        psnr = psnr[keep]
+    return TrailDetections(n_compact=n_compact, n_streak=n_streak, trend=trend,
+                           snr=psnr.astype(np.float32), geometry=geometry,
+                           fwhm_px=float(fwhm_px), threshold_sigma=float(threshold_sigma),
+                           noise_scale=float(measured), method=method, **ref)
+
+
+def find_streak_members(x: np.ndarray, y: np.ndarray, length_px: float, fwhm_px: float, *,
+                        min_members: int = 8, min_votes: int = 24,
+                        width_px: float | None = None,
+                        snr: np.ndarray | None = None) -> np.ndarray:
+    """Flag detections strung along a straight line: a satellite streak seen by the filter.
+
+    A streak crossing the CCD gives a ridge in the matched-filter map and a detection every
+    trail length along it. Lines are voted by pairs of detections 1.5 to 10 trail lengths apart
+    (a Hough transform over pairs: 1 degree x 2 widths bins). m collinear detections give
+    ~m(m-1)/2 votes, and a few random stars fall on a line by chance (4 give 6 votes on a full
+    CCD of 800 trails), so a streak needs ``min_votes`` votes and ``min_members`` detections
+    within ``width_px`` of the line.
+
+    Parameters
+    ----------
+    x, y : ndarray, shape (n,)
+        Detection centres, pixels.
+    length_px, fwhm_px : float
+        Trail length and PSF FWHM, pixels.
+    snr : ndarray, shape (n,), optional
+        Detection S/N: faint detections (S/N < 10) up to 2.5 FWHM from a streak, where the
+        noise on its wings peaks, are flagged too.
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        True for detections on a streak.
+    """
+    n = x.size
+    flag = np.zeros(n, dtype=bool)
+    if n < min_members:
+        return flag
+    width = width_px if width_px is not None else max(2.0, 0.6 * fwhm_px)
+    rmin, rmax = 1.5 * length_px, 10.0 * length_px
+    tree = cKDTree(np.column_stack([x, y]))
+    pairs = tree.query_pairs(rmax, output_type="ndarray")
+    if pairs.size == 0:
+        return flag
+    i, j = pairs[:, 0], pairs[:, 1]
+    dx, dy = x[j] - x[i], y[j] - y[i]
+    d = np.hypot(dx, dy)
+    far = d >= rmin
+    i, j, dx, dy, d = i[far], j[far], dx[far], dy[far], d[far]
+    if i.size == 0:
+        return flag
+    phi = np.mod(np.arctan2(dy, dx), np.pi)                      # line direction, [0, pi)
+    rho = x[i] * np.sin(phi) - y[i] * np.cos(phi)                 # signed distance to origin
+    a_bin = np.floor(phi / np.radians(1.0)).astype(np.int64)
+    r_bin = np.floor(rho / (2.0 * width)).astype(np.int64)
+    key = a_bin * 1_000_003 + r_bin
+    uniq, counts = np.unique(key, return_counts=True)
+    # A streak of m members gives ~m * (pairs per member) votes in one bin; random stars ~0.
+    for k in uniq[counts >= min_votes]:
+        sel = key == k
+        ph = float(np.median(phi[sel]))
+        rh = float(np.median(rho[sel]))
+        dist = np.abs(x * math.sin(ph) - y * math.cos(ph) - rh)
+        members = dist < width
+        if members.sum() >= min_members:
+            flag |= members
+            if snr is not None:
+                flag |= (dist < 2.5 * fwhm_px) & (snr < 10.0)
+    return flag

@@ -119,3 +119,57 @@ def test_catalogue_command(night, tmp_path):
     assert main(["catalogue", "--g", "nope.fits", "--r", files["r"], "--out", str(out)]) == 1
     assert main(["catalogue", "--g", files["g"], "--r", files["r"], "--out", str(out),
                  "--ccd", "X9"]) == 2
+
+
+REAL = (Path(__file__).resolve().parents[1] / "io" / "data"
+        / "instcal-VR-c4d_190402_050618_ooi_VR_v1.yaml")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_science_one_on_a_file_with_the_real_instcal_header(tmp_path, compress):
+    """Trails drawn through the real CP header's TPV WCS (S29, EXPTIME 120 s, MAGZPT, FWHM)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from driftwatch.science.catalogue import Catalogue, star_ids
+    from driftwatch.science.geometry import drift_geometry, drift_positions
+    from driftwatch.simulate.realheader import headers_from_yaml, write_real_header_file
+
+    from ..science._synth import render
+
+    _, hdr = headers_from_yaml(REAL)
+    ny, nx = 1200, 700                    # a corner of S29, real CRPIX and distortion
+    wcs = WCS(hdr, naxis=2, relax=True).celestial
+    wcs.pixel_shape = (nx, ny)
+    exptime = float(fits.Header(headers_from_yaml(REAL)[0])["EXPTIME"])
+    fwhm = float(hdr["FWHM"])
+    rng = np.random.default_rng(11)
+    n = 30
+    geom = drift_geometry(wcs, 0.5, exptime)
+    lo = max(5.0, -geom.dx_dt * exptime + 10)
+    x0 = rng.uniform(lo, nx - 10, n)
+    y0 = np.linspace(20, ny - 20, n) + rng.uniform(-3, 3, n)     # unblended
+    ra, dec = wcs.all_pix2world(x0, y0, 0)
+    x1, y1 = drift_positions(wcs, ra, dec, exptime, 0.5)
+    flux = rng.uniform(4e5, 1.5e6, n)             # S/N ~ 100-300 over 228 px
+    image = render(ny, nx, list(zip(x0, x1, (y0 + y1) / 2, flux)), sigma=fwhm / 2.3548,
+                   sky=float(hdr["AVSKY"]), noise=float(hdr["AVSIG"]), seed=12)
+    path = write_real_header_file(REAL, tmp_path / "c4d_190402_050618_ooi_VR_v1.fits", image,
+                                  compress=compress)
+    data = read_ccd(path, "S29")
+    assert data.magzpt and data.fwhm_px and "PV1_10" in data.header   # TPV distortion
+    f32 = np.float32
+    mag = (26.0 - 2.5 * np.log10(flux / exptime)).astype(f32)
+    cat = Catalogue(star_id=star_ids("REAL", ra, dec), ccd=np.full(n, "S29"), ra=ra, dec=dec,
+                    mag_g=mag, mag_r=mag, magerr_g=np.zeros(n, f32), magerr_r=np.zeros(n, f32),
+                    g_r=np.zeros(n, f32), flux_g=flux, flux_r=flux,
+                    saturated=np.zeros(n, bool), reference=np.ones(n, bool), field="REAL")
+    loc = locate_trails(data.image, data.wcs, exptime=data.exptime, fwhm_px=data.fwhm_px,
+                        saturate=data.saturate, dq=None, catalogue=cat, field_name="REAL",
+                        drift_rate_arcsec_s=0.5, gain=data.gain)
+    det, m = loc.detections, loc.match
+    assert det.n == n
+    assert abs(det.geometry.length_px - 228) < 3             # 60" at ~0.263"/px, from the WCS
+    order = np.argsort(m.cat_index)
+    assert (m.star_id[order].astype(str) == cat.star_id).all()
+    assert np.median(np.hypot(det.x0[order] - x0, det.y0[order] - y0)) < 0.15
