@@ -47,7 +47,7 @@ __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
     "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
-    "neighbour_contamination", "subtract_neighbours", "extract_trails",
+    "neighbour_contamination", "flag_neighbours", "extract_trails",
 ]
 
 FLAG_EDGE = 1 << 9
@@ -315,7 +315,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                          dq: np.ndarray | None = None,
                          labels: tuple[np.ndarray, np.ndarray] | None = None,
                          half_width: int | None = None, clip_sigma: float = 5.0,
-                         model_error: float = 0.05) -> LightCurves:
+                         model_error: float = 0.05,
+                         neighbours: np.ndarray | None = None) -> LightCurves:
     """Extract the light curve of every trail at once (optimal, PSF-weighted extraction).
 
     Parameters
@@ -345,6 +346,9 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     model_error : float
         Fractional profile error allowed for in the rejection test only (so the wings of a
         bright star, where a model is never perfect, are not rejected as outliers).
+    neighbours : ndarray, shape (n, m, 2 half_width + 1), optional
+        Modelled light of neighbouring trails in each pixel (:attr:`Contamination.pixels`),
+        subtracted before the fit, and counted in the variance.
 
     Returns
     -------
@@ -392,6 +396,10 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     d = data - sky_arr
     ron2 = (read_noise / gain) ** 2
     var_sky = np.maximum(sky_arr, 0.0) / gain + ron2
+    if neighbours is not None:
+        # the neighbours' light is removed, but its photon noise stays
+        d = d - neighbours
+        var_sky = var_sky + np.maximum(neighbours, 0.0) / gain
     w = w_ok.astype(np.float64)
     # Horne: a first estimate with sky-only variance, then the source term and outlier rejection
     var = np.broadcast_to(var_sky, d.shape)
@@ -447,28 +455,27 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                        s=g.s, coverage=cov, shift=shift / cov, shift_err=shift_err / cov)
 
 
-def subtract_neighbours(lc: LightCurves, contamination: np.ndarray, *,
-                        model_error: float = 0.1, blend_sigma: float = 3.0) -> LightCurves:
-    """Subtract the modelled light of neighbours; flag BLEND where it is too large to trust.
+def flag_neighbours(lc: LightCurves, contamination: np.ndarray, *,
+                    model_error: float = 0.1, blend_sigma: float = 3.0) -> LightCurves:
+    """Add the neighbour model's uncertainty to the errors; flag BLEND where it matters.
 
     Parameters
     ----------
     lc : LightCurves
+        Extracted with the neighbours' modelled light already subtracted from the pixels.
     contamination : ndarray, shape (n, m)
         :attr:`Contamination.flux` (before the end-coverage division).
     model_error : float
-        Fractional uncertainty of the neighbour model, added to the errors.
+        Fractional uncertainty of the neighbour model.
     blend_sigma : float
-        Samples whose model uncertainty exceeds ``1 / blend_sigma`` of their own noise... more
-        precisely, where ``model_error x contamination > err / blend_sigma``, are flagged BLEND
+        Samples where ``model_error x contamination > err / blend_sigma`` are flagged BLEND
         and unusable.
     """
     c = contamination / lc.coverage
-    flux = lc.flux - c
     err = np.sqrt(lc.err ** 2 + (model_error * c) ** 2)
     blend = model_error * c > lc.err / blend_sigma
     flags = lc.flags | np.where(blend, FLAG_BLEND, 0).astype(np.uint16)
-    return replace(lc, flux=flux, err=err, flags=flags, good=lc.good & ~blend)
+    return replace(lc, err=err, flags=flags, good=lc.good & ~blend)
 
 
 @dataclass(frozen=True)
@@ -484,11 +491,14 @@ class Contamination:
         Largest contamination of a trail relative to its own interior flux.
     n_pairs : int
         Neighbour pairs considered.
+    pixels : ndarray, float64, shape (n, m, 2 half_width + 1) or None
+        The neighbours' modelled light in each pixel of each trail's extraction grid, ADU.
     """
 
     flux: np.ndarray
     fraction: np.ndarray
     n_pairs: int
+    pixels: np.ndarray | None = None
 
 
 def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
@@ -521,8 +531,9 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     y0 = np.asarray(y0, float)
     n, m = s.shape
     out = np.zeros((n, m))
+    pix = np.zeros((n, m, 2 * half_width + 1))
     if n < 2:
-        return Contamination(out, np.zeros(n), 0)
+        return Contamination(out, np.zeros(n), 0, pix)
     ux, uy = geom.unit
     L = geom.length_px
     reach_d = half_width + 3.0 * profile.fwhm
@@ -532,7 +543,7 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     pairs = cKDTree(np.c_[xc, yc]).query_pairs(float(np.hypot(reach_d, reach_s)),
                                                output_type="ndarray")
     if pairs.size == 0:
-        return Contamination(out, np.zeros(n), 0)
+        return Contamination(out, np.zeros(n), 0, pix)
     i = np.concatenate([pairs[:, 0], pairs[:, 1]])   # target
     j = np.concatenate([pairs[:, 1], pairs[:, 0]])   # neighbour
     dx, dy = x0[j] - x0[i], y0[j] - y0[i]
@@ -541,7 +552,7 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     keep = (np.abs(dd) <= reach_d) & (np.abs(ds) <= reach_s) & (baseline[j] > 0)
     i, j, ds, dd = i[keep], j[keep], ds[keep], dd[keep]
     if i.size == 0:
-        return Contamination(out, np.zeros(n), 0)
+        return Contamination(out, np.zeros(n), 0, pix)
     # across overlap: target window pixel distances (sub-pixel phase of the target's centre)
     off = np.arange(-half_width, half_width + 1, dtype=float)
     frac_d = (np.rint(y0[i] * ux - x0[i] * uy) - (y0[i] * ux - x0[i] * uy))  # pixel phase
@@ -553,8 +564,9 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     cov = profile.cdf(s[i] - ds[:, None]) - profile.cdf(s[i] - ds[:, None] - L)
     contrib = (overlap * baseline[j])[:, None] * cov
     np.add.at(out, i, contrib)
+    np.add.at(pix, i, (baseline[j][:, None] * cov)[:, :, None] * p_n[:, None, :])
     base = np.where(baseline > 0, baseline, np.inf)
-    return Contamination(out, out.max(axis=1) / base, int(i.size))
+    return Contamination(out, out.max(axis=1) / base, int(i.size), pix)
 
 
 def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
@@ -568,8 +580,10 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
 
     1. Neighbour contamination from the detection fluxes and the guessed profile picks the
        isolated trails (contamination < 1 %); 2. the line profile is fitted on them;
-    3. optimal extraction of all trails; 4. the neighbours are modelled again from the
-       measured interior fluxes and subtracted (:func:`subtract_neighbours`).
+    3. the neighbours' light is modelled pixel by pixel (detection fluxes, fitted profile)
+       and subtracted inside the optimal extraction of all trails; 4. the model, redone from
+       the measured interior fluxes, sets the errors and BLEND flags
+       (:func:`flag_neighbours`).
 
     Parameters
     ----------
@@ -594,15 +608,17 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
                                                                     x0.shape),
                               fwhm_guess=fwhm_guess, use=isolated)
     h = int(np.ceil(1.3 * profile.fwhm)) + 1
+    grid_s = trail_grid(x0, y0, geom, 0, image.shape).s
+    model = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(per_sample), grid_s, h)
     lc = extract_light_curves(image, x0, y0, geom, profile=profile, sky=sky, gain=gain,
                               read_noise=read_noise, saturate=saturate, dq=dq, labels=labels,
-                              half_width=h)
+                              half_width=h, neighbours=model.pixels)
     interior = lc.good & (lc.coverage > 0.9)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            base = np.nanmedian(np.where(interior, lc.flux, np.nan), axis=1)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        base = np.nanmedian(np.where(interior, lc.flux, np.nan), axis=1)
     base = np.where(np.isfinite(base), base, per_sample)
+    # the measured levels give the final neighbour model: its uncertainty decides BLEND flags
     con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h)
-    return subtract_neighbours(lc, con.flux), profile, con
+    return flag_neighbours(lc, con.flux), profile, con
