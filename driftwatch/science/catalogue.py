@@ -237,22 +237,42 @@ def measure_sources(image: np.ndarray, wcs: WCS, background: Background, *, fwhm
     bad = np.ascontiguousarray(bad)
     # Detection on the PSF-matched S/N image, sum(k * d) / (rms * sqrt(sum(k^2))), computed with
     # two 1-D passes; sep's own matched filter with a noise array does the same 2-D arithmetic
-    # ~5x slower. sep then only segments and deblends above ``threshold_sigma``.
-    sigma = fwhm_px * _FWHM_TO_SIGMA
+    # ~5x slower. sep then only segments and deblends above ``threshold_sigma``. For a PSF of
+    # FWHM >= 3 px the image is first binned 2 x 2 (the S/N of a point source is unchanged to
+    # a few %, the work drops 4x); positions are then measured on the full image.
+    ny, nx = sub.shape
+    binned = (fwhm_px >= 3.0 and background.step == 2 and ny % 2 == 0 and nx % 2 == 0)
+    if binned:
+        det_img = sub.reshape(ny // 2, 2, nx // 2, 2).sum(axis=(1, 3), dtype=np.float32)
+        det_bad = np.ascontiguousarray(bad.reshape(ny // 2, 2, nx // 2, 2).any(axis=(1, 3)))
+        det_rms = 2.0 * background.rms                      # noise of a 4-pixel sum
+        sigma = math.sqrt((fwhm_px * _FWHM_TO_SIGMA / 2.0) ** 2 + 1.0 / 12.0)
+        area = max(2, int(math.ceil(min_area / 4.0)) + 1)
+    else:
+        det_img, det_bad = sub, bad
+        det_rms = None
+        sigma = fwhm_px * _FWHM_TO_SIGMA
+        area = min_area
     h = max(1, int(math.ceil(2.0 * sigma)))
     taps = np.exp(-0.5 * (np.arange(-h, h + 1) / sigma) ** 2).astype(np.float32)
-    snr_img = ndi.correlate1d(sub, taps, axis=1, mode="constant")
+    snr_img = ndi.correlate1d(det_img, taps, axis=1, mode="constant")
     ndi.correlate1d(snr_img, taps, axis=0, mode="constant", output=snr_img)
-    background.apply(snr_img, "rms", "div")
+    if det_rms is not None:
+        snr_img /= det_rms
+    else:
+        background.apply(snr_img, "rms", "div")
     snr_img *= np.float32(1.0 / float(np.sum(taps.astype(np.float64) ** 2)))
     try:
-        obj = sep.extract(snr_img, threshold_sigma, mask=bad, minarea=min_area,
+        obj = sep.extract(snr_img, threshold_sigma, mask=det_bad, minarea=area,
                           filter_kernel=None, deblend_cont=0.005, clean=True)
     except Exception as exc:  # sep reports overflows and allocation failures this way
         raise ScienceError(f"source extraction failed ({band}): {exc}") from exc
     del snr_img
+    if binned and len(obj):
+        obj = obj.copy()
+        obj["x"] = 2.0 * obj["x"] + 0.5
+        obj["y"] = 2.0 * obj["y"] + 0.5
     n = len(obj)
-    ny, nx = sub.shape
     if n:
         sig = np.full(n, fwhm_px * _FWHM_TO_SIGMA)
         xw, yw, wflag = sep.winpos(sub, obj["x"], obj["y"], sig, mask=bad)
