@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.wcs import WCS
 
+from driftwatch.errors import ScienceError
 from driftwatch.science.astrometry import MatchResult, identify_by_position, match_trails
 from driftwatch.science.background import Background, mask_from_dq, measure_background
 from driftwatch.science.catalogue import Catalogue
@@ -78,7 +79,12 @@ def locate_trails(image: np.ndarray, wcs: WCS, *, exptime: float, fwhm_px: float
     if dq is not None:
         sat |= (dq == 3) | (dq == 4)
     bg = measure_background(image, mask, box=128, step=2)
-    geom = drift_geometry(wcs, drift_rate_arcsec_s, exptime)
+    try:
+        geom = drift_geometry(wcs, drift_rate_arcsec_s, exptime)
+    except Exception as exc:  # noqa: BLE001 - wcslib raises many types for a broken WCS
+        raise ScienceError(f"the WCS gives no drift geometry: {exc}") from exc
+    if not (np.isfinite(geom.dx_dt) and np.isfinite(geom.dy_dt)):
+        raise ScienceError("the WCS gives a non-finite drift geometry")
     det = detect_trails(image, geom, bg, fwhm_px=fwhm_px, mask=mask, sat_mask=sat,
                         threshold_sigma=threshold_sigma, gain=gain)
     if catalogue is None:

@@ -653,7 +653,8 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
     img = np.asarray(image)
     ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain, psnr)
     compact = ref.pop("compact")
-    trend = float(ref.pop("trend")[0]) if psnr.size else 0.0
+    trend_arr = ref.pop("trend")
+    trend = float(trend_arr[0]) if trend_arr.size else 0.0
     n_compact = int(np.count_nonzero(compact))
     if n_compact and reject_compact:
         keep = ~compact
