@@ -113,7 +113,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
-        extract_trails, footprint_labels,
+        end_excess, extract_trails, footprint_labels,
     )
     from driftwatch.science.sky import local_sky
     from driftwatch.science.trails import detect_trails
@@ -189,16 +189,21 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             gain=ccd.gain, read_noise=ccd.read_noise, saturate=ccd.saturate, dq=dq,
             labels=labels, usable=~det.saturated & ~det.edge)
         sigma = profile.sigma
+        # a collinear neighbour merged into the trail shows beyond its ends
+        collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
+                               gain=ccd.gain, read_noise=ccd.read_noise,
+                               baseline=np.nan_to_num(np.nanmedian(
+                                   np.where(lc.good, lc.flux, np.nan), axis=1)), dq=dq) > 5.0
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.05)
+            (contamination.fraction < 0.05) & ~collinear
         nm = normalise(lc.flux, lc.err, lc.good, refs)
         if nm.is_reference.sum() < 3:
             notes.append(f"only {int(nm.is_reference.sum())} reference stars: not normalised")
     with timer.stage("events"):
         # a trail dominated by a neighbour's modelled light cannot be trusted to show events
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.3) & (trail_class == "trail")
+            (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl
@@ -220,7 +225,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "sky": sky_level, "sky_sigma": sky.sigma, "baseline": nm.baseline,
         "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
         "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
-        "contamination": contamination.fraction,
+        "contamination": contamination.fraction, "collinear_blend": collinear,
     }
     m = lc.shape[1]
     t = lc.t

@@ -212,10 +212,10 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
         extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
                                      np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
                                      geom, fwhm)
-    point = round_psf & ~near_edge & (extension < 3.0)
+    point = round_psf & ~near_edge & (extension < 2.0)
     cls[trail_shape] = "trail"
     cls[trail_of >= 0] = "trail"
-    cls[round_psf & ~near_edge & (extension >= 3.0)] = "trail"
+    cls[round_psf & ~near_edge & (extension >= 2.0)] = "trail"
     # a round, PSF-sized source without light along the drift is a point source even where the
     # trail detector found a (short) "trail" in it
     cls[point] = "point"

@@ -198,7 +198,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
                   searchable: np.ndarray | None = None, min_cover: float = 0.6,
                   shift: np.ndarray | None = None, shift_err: np.ndarray | None = None,
                   max_offset_px: float = 0.5, flash_max_duration_s: float = 0.6,
-                  flash_max_offset_px: float = 6.0,
+                  flash_max_offset_px: float = 6.0, systematic_floor: float = 0.002,
                   min_calibration_points: int = 500) -> EventCandidates:
     """Find the most significant event (brightening or dip) of each light curve.
 
@@ -231,6 +231,9 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         Stars searched (e.g. star trails that were normalised); others give no candidate.
     min_cover : float
         A template must have at least this fraction of its weight on usable samples.
+    systematic_floor : float
+        Relative error added in quadrature to every sample (scintillation, flat field): the
+        photon noise of a very bright star is not its whole noise.
     shift, shift_err : ndarray, shape (n, m), optional
         Across-trail displacement coefficient of each sample and its error, as a fraction of
         the baseline x pixels (``LightCurves.shift / baseline``). When given, a candidate whose
@@ -258,7 +261,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     if chi is None:
         chi = difference_scatter(flux, err, ok)
     scale = np.where(np.isfinite(chi), np.maximum(chi, 1.0), 1.0)
-    w = np.where(ok, 1.0 / (np.where(ok, err, 1.0) * scale[:, None]) ** 2, 0.0)
+    e_eff = np.hypot(np.where(ok, err, 1.0) * scale[:, None], systematic_floor)
+    w = np.where(ok, 1.0 / e_eff ** 2, 0.0)
     r = np.where(ok, flux - 1.0, 0.0)
     wr = w * r
     # (n, k) @ (k, s*c): one BLAS product per sum, over all stars, templates and centres

@@ -8,10 +8,10 @@ centre lies nearest ``p0 + k u``; its time is the along-trail coordinate of that
 indexing (no interpolation, so the noise of different samples stays independent), exactly for
 trails along a pixel axis (DECam) and to within a pixel for slightly tilted ones.
 
-The flux across the trail is a Horne (1986) optimal estimate: the pixels are weighted by the
-across-trail profile (pixel-integrated, at the sub-pixel trail centre: a Moffat line profile fitted to the bright trails of the CCD, see :class:`LineProfile`)
-over their variance; the variance comes from a noise model in electrons (sky, source,
-read noise, header gain); pixels whose residual from the profile fit exceeds ``clip_sigma`` are
+The flux across the trail is an optimal (PSF-weighted, Horne 1986) estimate: the pixels are
+weighted by the across-trail profile (pixel-integrated, at the sub-pixel trail centre: a Moffat line profile fitted to the bright trails of the CCD, see :class:`LineProfile`)
+over the sky variance (the same weights for faint and bright stars, see the code); the errors
+come from a noise model in electrons (sky, source, read noise, header gain); pixels whose residual from the profile fit exceeds ``clip_sigma`` are
 rejected (cosmic rays on the trail) and the fit repeated. The trail's ends, where the PSF only
 partly covers the sample, are divided by the expected covering fraction and flagged EDGE.
 
@@ -47,7 +47,7 @@ __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
     "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
-    "neighbour_contamination", "flag_neighbours", "extract_trails",
+    "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess",
 ]
 
 FLAG_EDGE = 1 << 9
@@ -401,16 +401,21 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         d = d - neighbours
         var_sky = var_sky + np.maximum(neighbours, 0.0) / gain
     w = w_ok.astype(np.float64)
-    # Horne: a first estimate with sky-only variance, then the source term and outlier rejection
-    var = np.broadcast_to(var_sky, d.shape)
+    # Weights fixed at their sky-limited optimum (profile / sky variance) for every star:
+    # the estimator is then the same linear functional of the pixels for faint and bright
+    # stars, so seeing changes along the exposure scale all stars alike and the ensemble
+    # normalisation removes them. (Horne's source term in the weights would make the seeing
+    # response depend on brightness; it gains little SNR for the bright stars it affects.)
+    # The errors use the full variance, source included.
+    pv = prof / var_sky
     f = np.zeros(g.s.shape)
-    for it in range(3):
-        a = (w * prof / var)
+    for it in range(2):
+        a = w * pv
         den = (a * prof).sum(axis=2)
         f = np.where(den > 0, (a * d).sum(axis=2) / np.where(den > 0, den, 1.0), 0.0)
-        var = var_sky + np.maximum(f[:, :, None] * prof, 0.0) / gain
-        if it >= 1:
+        if it == 0:
             model = f[:, :, None] * prof
+            var = var_sky + np.maximum(model, 0.0) / gain
             z2 = w * (d - model) ** 2 / (var + (model_error * model) ** 2)
             worst = z2.max(axis=2, keepdims=True)
             reject = (z2 >= worst) & (worst > clip_sigma ** 2)
@@ -418,15 +423,15 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                 break
             flags |= np.where(reject.any(axis=2), FLAG_OUTLIER, 0).astype(np.uint16)
             w = np.where(reject, 0.0, w)
-    a = w * prof / var
+    a = w * pv
     den = (a * prof).sum(axis=2)
     safe = np.where(den > 0, den, 1.0)
-    f = np.where(den > 0, (a * d).sum(axis=2) / safe, 0.0)
-    err = np.where(den > 0, 1.0 / np.sqrt(safe), np.inf)
+    var = var_sky + np.maximum(f[:, :, None] * prof, 0.0) / gain
+    err = np.where(den > 0, np.sqrt((a * a * var).sum(axis=2)) / safe, np.inf)
     resid2 = (w * (d - f[:, :, None] * prof) ** 2 / var).sum(axis=2)
     npix = w.sum(axis=2)
     chi2 = resid2 / np.maximum(npix - 1.0, 1.0)
-    kept = den / np.maximum((prof * prof / var).sum(axis=2), 1e-300)
+    kept = den / np.maximum((prof * pv).sum(axis=2), 1e-300)
     # light displaced across the trail: least-squares coefficient of the profile's derivative
     # in the residual (odd, so nearly orthogonal to the profile); a neighbour's light moves it,
     # the star's own brightening does not
@@ -622,3 +627,58 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     # the measured levels give the final neighbour model: its uncertainty decides BLEND flags
     con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h)
     return flag_neighbours(lc, con.flux), profile, con
+
+
+def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
+               profile: LineProfile, sky: np.ndarray | float, gain: float, read_noise: float,
+               baseline: np.ndarray, dq: np.ndarray | None = None) -> np.ndarray:
+    """Significance of light on the trail's line beyond both of its ends, per trail.
+
+    A star trail ends: past ~2 FWHM beyond either end only sky remains on its centre line. A
+    second star drifting along the same line (a collinear neighbour the detector merged into
+    this trail) leaves its own trail there. Its light inside the trail looks like a step or a
+    long "event", and lies on the centre line, so this is how it is recognised.
+
+    Returns
+    -------
+    ndarray, float64, shape (n,)
+        Largest over the two ends of (mean flux per sample beyond the end, over its error),
+        counting only excesses above 3 % of ``baseline``; 0 where nothing is there.
+    """
+    x0 = np.atleast_1d(np.asarray(x0, float))
+    y0 = np.atleast_1d(np.asarray(y0, float))
+    n = x0.size
+    if n == 0:
+        return np.zeros(0)
+    h = int(np.ceil(1.3 * profile.fwhm)) + 1
+    gap = int(np.ceil(2.0 * profile.fwhm))
+    span = max(int(geom.length_px // 2), 4)
+    ux, uy = geom.unit
+    L = geom.length_px
+    out = np.zeros(n)
+    sky_arr = np.broadcast_to(np.asarray(sky, float), (n,))[:, None, None]
+    var = np.maximum(sky_arr, 0.0) / gain + (read_noise / gain) ** 2
+    for sign, start in ((-1.0, -gap - span), (1.0, L + gap)):  # the two ends
+        gx = x0 + ux * start
+        gy = y0 + uy * start
+        sub = DriftGeometry(geom.dx_dt, geom.dy_dt, span / geom.speed_px_s)
+        g = trail_grid(gx, gy, sub, h, image.shape)
+        ok = g.inside.copy()
+        iyc = g.iy.clip(0, image.shape[0] - 1)
+        ixc = g.ix.clip(0, image.shape[1] - 1)
+        if dq is not None:
+            ok &= dq[iyc, ixc] == 0
+        prof = profile.pixel(g.d)
+        w = np.where(ok, prof / var, 0.0)
+        den = (w * prof).sum(axis=2)
+        f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
+        e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
+        use = den > 0
+        nuse = use.sum(axis=1)
+        mean = np.where(nuse > 0, np.where(use, f, 0.0).sum(axis=1) / np.maximum(nuse, 1), 0.0)
+        err = np.sqrt(np.where(use, e2, 0.0).sum(axis=1)) / np.maximum(nuse, 1)
+        z = np.where((nuse >= 3) & (mean > 0.03 * np.asarray(baseline, float)),
+                     mean / np.where(err > 0, err, np.inf), 0.0)
+        out = np.maximum(out, z)
+        del sign
+    return out
