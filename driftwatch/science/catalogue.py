@@ -243,8 +243,11 @@ def measure_sources(image: np.ndarray, wcs: WCS, background: Background, *, fwhm
     ny, nx = sub.shape
     binned = (fwhm_px >= 3.0 and background.step == 2 and ny % 2 == 0 and nx % 2 == 0)
     if binned:
-        det_img = sub.reshape(ny // 2, 2, nx // 2, 2).sum(axis=(1, 3), dtype=np.float32)
-        det_bad = np.ascontiguousarray(bad.reshape(ny // 2, 2, nx // 2, 2).any(axis=(1, 3)))
+        # Strided slices: numpy's reductions over small inner axes are ~10x slower.
+        det_img = sub[0::2, 0::2] + sub[1::2, 0::2]
+        det_img += sub[0::2, 1::2]
+        det_img += sub[1::2, 1::2]
+        det_bad = bad[0::2, 0::2] | bad[1::2, 0::2] | bad[0::2, 1::2] | bad[1::2, 1::2]
         det_rms = 2.0 * background.rms                      # noise of a 4-pixel sum
         sigma = math.sqrt((fwhm_px * _FWHM_TO_SIGMA / 2.0) ** 2 + 1.0 / 12.0)
         area = max(2, int(math.ceil(min_area / 4.0)) + 1)
