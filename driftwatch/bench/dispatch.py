@@ -180,6 +180,8 @@ def scaling(n_exposures: int = 4, shape: str = "1024x512", repeats: int = 3) -> 
         d.run_until_idle(poll_s=0.02)
         executor.shutdown(wait=True)
         rates: dict[int, list[float]] = {1: [], 2: []}
+        occupancy: dict[int, list[float]] = {1: [], 2: []}
+        ccd_s: dict[int, list[float]] = {1: [], 2: []}
         executors = {n: LocalExecutor(n, 1000, preload=("driftwatch.pipeline.ccd",))
                      for n in (1, 2)}
         load_before = os.getloadavg()[0]
@@ -193,11 +195,18 @@ def scaling(n_exposures: int = 4, shape: str = "1024x512", repeats: int = 3) -> 
                 d.run_until_idle(poll_s=0.02)
                 elapsed = time.perf_counter() - t0
                 with store.session_scope() as s:
-                    ok = s.scalars(select(CcdJob.state).where(CcdJob.id.in_(ccd_ids))).all()
-                if set(ok) != {"done"}:
-                    raise RuntimeError(f"reduce_ccd jobs did not all succeed: {sorted(set(ok))}")
+                    rows = s.execute(select(CcdJob.state, CcdJob.duration_s)
+                                     .where(CcdJob.id.in_(ccd_ids))).all()
+                if {state for state, _ in rows} != {"done"}:
+                    raise RuntimeError(f"reduce_ccd jobs did not all succeed: {rows}")
                 if i:
                     rates[workers].append(len(ccd_ids) / elapsed)
+                    durations = [d for _, d in rows]
+                    # Fraction of the run during which every worker had a CCD in hand: near 1
+                    # means the dispatcher kept the pool fed, whatever the machine's load did
+                    # to the CCDs' own times.
+                    occupancy[workers].append(sum(durations) / (elapsed * workers))
+                    ccd_s[workers].extend(durations)
         for executor in executors.values():
             executor.shutdown(wait=True)
         out["load_average_1min_before_after"] = [load_before, os.getloadavg()[0]]
@@ -205,6 +214,10 @@ def scaling(n_exposures: int = 4, shape: str = "1024x512", repeats: int = 3) -> 
     out["ccds_per_run"] = len(ccd_ids)
     out["rate_1_worker_ccd_per_s"] = _spread(rates[1])
     out["rate_2_workers_ccd_per_s"] = _spread(rates[2])
+    out["worker_occupancy_1"] = _spread(occupancy[1])
+    out["worker_occupancy_2"] = _spread(occupancy[2])
+    out["ccd_seconds_1_worker"] = _spread(ccd_s[1])
+    out["ccd_seconds_2_workers"] = _spread(ccd_s[2])
     out["speedup_2_vs_1_median"] = (statistics.median(rates[2]) / statistics.median(rates[1]))
     out["cpus"] = os.cpu_count()
     return out

@@ -309,6 +309,10 @@ class Dispatcher:
                     jobstate.mark_running(job, None, now)
                     jobstate.mark_failed(job, now, f"cannot build the task: {exc}",
                                          retryable=False, max_attempts=1, backoff_s=0)
+                    log.error("job %s (%s %s): cannot build the task: %s", job.id, job.kind,
+                              job.ccd, exc)
+                    if job.kind == KIND_CCD:
+                        refresh_exposure_state(job.exposure, now)
                     continue
                 jobstate.mark_running(job, self.executor.name, now)
                 batch.append((job.id, fn, task))
