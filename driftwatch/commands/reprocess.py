@@ -29,7 +29,7 @@ from driftwatch.commands._common import add_config_option, load_from_args
 from driftwatch.config import DECAM_CCDS, Config
 from driftwatch.errors import ConfigError, DriftwatchError, UsageError
 from driftwatch.store.models import (
-    DONE, FAILED, KIND_CATALOGUE, KIND_CCD, ROLE_DQMASK, ROLE_DRIFT, ROLE_POINTED, SKIPPED,
+    DONE, FAILED, KIND_CATALOGUE, KIND_CCD, ROLE_DRIFT, ROLE_POINTED, SKIPPED,
     CcdJob, Exposure,
 )
 

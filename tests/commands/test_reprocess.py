@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from astropy.table import Table
 
-from tests.service import standins
 from tests.service.nightdata import CCDS, make_config, write_night
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,3 +207,28 @@ def test_alerts_only_with_the_flag(night):
     assert alerts() == 5  # one message per exposure with candidates
     with sqlite3.connect(root / "state" / "driftwatch.sqlite") as db:  # replaced, not added
         assert db.execute("SELECT count(*) FROM candidates").fetchone()[0] == 5
+
+
+@pytest.mark.slow
+def test_simulated_night_through_the_real_pipeline(tmp_path):
+    """5 exposures x 4 CCDs from ``driftwatch simulate``, reduced by the real reduce_ccd."""
+    sim = subprocess.run([*DRIFTWATCH, "simulate", str(tmp_path / "incoming"), "--exposures", "5",
+                          "--ccds", "S4,N4,S5,N5", "--shape", "512x256", "--stars", "120",
+                          "--seed", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    make_config(tmp_path, ccds=("S4", "N4", "S5", "N5"), skip=())
+    cfg = tmp_path / "driftwatch.yaml"
+    real = {"DRIFTWATCH_CCD_FUNCTION": "", "DRIFTWATCH_CATALOGUE_FUNCTION": ""}
+    r = reprocess(cfg, **real)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = job_rows(root := tmp_path)
+    assert len(rows) == 20 and {s for *_, s in rows} == {"done"}
+    first = products(root)
+    assert len({p.parent for p in first}) == 20  # one product folder per CCD
+    r = reprocess(cfg, **real)
+    assert r.returncode == 0 and "0 job(s) run" in r.stdout
+    assert products(root) == first
+    r = reprocess(cfg, "--force", **real)
+    assert r.returncode == 0, r.stdout + r.stderr
+    again = products(root)
+    assert again.keys() == first.keys() and all(again[p] != first[p] for p in first)
