@@ -115,6 +115,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.photometry import (
         end_excess, extract_trails, footprint_labels,
     )
+    from driftwatch.science._stats import row_nanmedian
     from driftwatch.science.sky import local_sky
     from driftwatch.science.trails import detect_trails
 
@@ -161,7 +162,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         covered = labels[0] > 0
         data = image - bg.full_back()
         # streaks (code 8) stay visible: they are classified, then masked along their line
-        cls_mask = mask_from_dq(dq, image, ccd.saturate, codes=(1, 2, 3, 4))
+        cls_mask = mask if dq is None else mask & (dq != 5)
         src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
         lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad)
@@ -192,8 +193,8 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         # a collinear neighbour merged into the trail shows beyond its ends
         collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
                                gain=ccd.gain, read_noise=ccd.read_noise,
-                               baseline=np.nan_to_num(np.nanmedian(
-                                   np.where(lc.good, lc.flux, np.nan), axis=1)), dq=dq) > 5.0
+                               baseline=np.nan_to_num(row_nanmedian(
+                                   np.where(lc.good, lc.flux, np.nan))), dq=dq) > 5.0
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.05) & ~collinear

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from driftwatch.science._stats import row_nanmedian
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
@@ -186,8 +188,8 @@ def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(v, axis=1)
-        out = 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+        med = row_nanmedian(v)
+        out = 1.4826 * row_nanmedian(np.abs(v - med[:, None]))
     return np.where(both.sum(axis=1) >= 8, out, np.nan)
 
 
@@ -198,7 +200,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
                   searchable: np.ndarray | None = None, min_cover: float = 0.6,
                   shift: np.ndarray | None = None, shift_err: np.ndarray | None = None,
                   max_offset_px: float = 0.5, flash_max_duration_s: float = 0.6,
-                  flash_max_offset_px: float = 6.0, systematic_floor: float = 0.002,
+                  flash_max_offset_px: float = 6.0, systematic_floor: float = 0.005,
                   min_calibration_points: int = 500) -> EventCandidates:
     """Find the most significant event (brightening or dip) of each light curve.
 
@@ -332,7 +334,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             # short excess light beside the line: a flash that landed on the trail (kept, as a
             # flash at its own position); longer: a neighbour's light (dropped)
             is_flash = off_line & (shape_dur[jd] <= flash_max_duration_s) & \
-                (offset <= flash_max_offset_px)
+                (offset <= flash_max_offset_px) & (sign > 0)
             keep &= ~off_line | is_flash
             signed_off = np.where(is_flash, -b / np.where(a_fit != 0, a_fit, np.inf), 0.0)
         else:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from driftwatch.science._stats import row_nanmedian
+
 __all__ = ["FLAG_NOREF", "Normalised", "select_references", "normalise"]
 
 #: Sample flag: no reference star covered this sample, so it is not normalised.
@@ -65,8 +67,8 @@ def _robust_std(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """1.4826 MAD along axis 1 of the entries where ``ok``; NaN for rows with < 5 entries."""
     v = np.where(ok, x, np.nan)
     with np.errstate(all="ignore"), _quiet():
-        med = np.nanmedian(v, axis=1)
-        out = 1.4826 * np.nanmedian(np.abs(v - med[:, None]), axis=1)
+        med = row_nanmedian(v)
+        out = 1.4826 * row_nanmedian(np.abs(v - med[:, None]))
     return np.where(ok.sum(axis=1) >= 5, out, np.nan)
 
 
@@ -99,7 +101,7 @@ def select_references(flux: np.ndarray, err: np.ndarray, good: np.ndarray, *,
     ndarray, bool, shape (n,)
     """
     with _quiet():
-        snr = np.nanmedian(np.where(good, flux / err, np.nan), axis=1)
+        snr = row_nanmedian(np.where(good, flux / err, np.nan))
     return (good.mean(axis=1) >= min_good) & (np.nan_to_num(snr) >= min_snr)
 
 
@@ -135,7 +137,7 @@ def normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, references: n
     n, m = flux.shape
     good = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
     with _quiet():
-        base = np.nanmedian(np.where(good, flux, np.nan), axis=1)
+        base = row_nanmedian(np.where(good, flux, np.nan))
     detected = np.isfinite(base) & (base > 0)
     base = np.where(detected, base, 1.0)
     refs = np.asarray(references, bool) & detected
@@ -175,7 +177,7 @@ def _normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, base: np.nda
         ne = np.abs(nf) * np.sqrt((re / np.where(r != 0, r, 1.0)) ** 2 + var_loo / pattern_loo ** 2)
         ok = good & covered
         with _quiet():
-            level = np.nanmedian(np.where(ok, nf, np.nan), axis=1)
+            level = row_nanmedian(np.where(ok, nf, np.nan))
         base = np.where(np.isfinite(level) & (level > 0), base * level, base)
         dev = np.abs(nf / np.where(np.isfinite(level) & (level > 0), level, 1.0)[:, None] - 1.0)
         sample_ok = good & (dev <= clip_sample * np.maximum(ne, 1e-12))
@@ -197,7 +199,7 @@ def _normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, base: np.nda
                        / np.where(sw > 0, sw, 1.0), 1.0)
     scatter = _robust_std(nf, ok)
     with _quiet():
-        expected = np.nanmedian(np.where(ok, ne, np.nan), axis=1)
+        expected = row_nanmedian(np.where(ok, ne, np.nan))
     chi = _robust_std((nf - 1.0) / np.maximum(ne, 1e-12), ok)
     return Normalised(flux=nf, err=ne, good=ok, flags=flags, baseline=np.where(detected, base, 0.0),
                       pattern=pattern, is_reference=refs, scatter=scatter, expected=expected,

@@ -37,9 +37,12 @@ pixel with CP codes 1-4 or 8 in its core, and keeps at least 70 % of its profile
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from driftwatch.science._stats import row_nanmedian
 
 from driftwatch.science.geometry import DriftGeometry
 
@@ -194,13 +197,9 @@ class LineProfile:
         return self.fwhm / 2.3548200450309493
 
     def cdf(self, d: np.ndarray) -> np.ndarray:
-        """Fraction of the line profile below ``d`` pixels."""
-        from scipy.special import betainc
-
-        u = np.asarray(d, float) / self.alpha
-        # integral of (1 + u^2)^-(beta - 1/2): regularised incomplete beta in u^2 / (1 + u^2)
-        half = 0.5 * betainc(0.5, self.beta - 1.0, u * u / (1.0 + u * u))
-        return 0.5 + np.sign(u) * half
+        """Fraction of the line profile below ``d`` pixels (interpolated in a cached table)."""
+        u, table = _cdf_table(round(float(self.beta), 6))
+        return np.interp(np.asarray(d, float) / self.alpha, u, table)
 
     def pixel(self, d: np.ndarray) -> np.ndarray:
         """Pixel-integrated profile at pixel-centre distances ``d`` (sums to 1 over all d)."""
@@ -215,6 +214,17 @@ class LineProfile:
     @classmethod
     def moffat(cls, fwhm: float, beta: float) -> "LineProfile":
         return cls(alpha=fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)), beta=beta)
+
+
+@functools.lru_cache(maxsize=64)
+def _cdf_table(beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """CDF of a unit-alpha Moffat line profile on a fine grid of u (exact: incomplete beta)."""
+    from scipy.special import betainc
+
+    u = np.linspace(-80.0, 80.0, 64001)
+    # integral of (1 + u^2)^-(beta - 1/2): regularised incomplete beta in u^2 / (1 + u^2)
+    half = 0.5 * betainc(0.5, beta - 1.0, u * u / (1.0 + u * u))
+    return u, 0.5 + np.sign(u) * half
 
 
 def across_profile(d: np.ndarray, profile: LineProfile) -> np.ndarray:
@@ -366,7 +376,10 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     data = image[iyc, ixc].astype(np.float64)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1))
-    prof = profile.pixel(g.d)
+    # along a pixel axis the across distances are the same for every sample of a trail:
+    # evaluate the profile once per trail and broadcast
+    d_eval = g.d[:, :1, :] if geom.along_x else g.d
+    prof = np.broadcast_to(profile.pixel(d_eval), g.d.shape)
     # profile renormalised over the window, so a flux is the total across the trail
     core = np.abs(g.d) <= 2.0 * sigma
     flags = np.zeros(g.s.shape, dtype=np.uint16)
@@ -435,7 +448,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     # light displaced across the trail: least-squares coefficient of the profile's derivative
     # in the residual (odd, so nearly orthogonal to the profile); a neighbour's light moves it,
     # the star's own brightening does not
-    dprof = (profile.pixel(g.d + 0.05) - profile.pixel(g.d - 0.05)) / 0.1
+    dprof = np.broadcast_to((profile.pixel(d_eval + 0.05) - profile.pixel(d_eval - 0.05)) / 0.1,
+                            g.d.shape)
     aw = w * dprof / var
     dden = (aw * dprof).sum(axis=2)
     dsafe = np.where(dden > 0, dden, 1.0)
@@ -622,7 +636,7 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        base = np.nanmedian(np.where(interior, lc.flux, np.nan), axis=1)
+        base = row_nanmedian(np.where(interior, lc.flux, np.nan))
     base = np.where(np.isfinite(base), base, per_sample)
     # the measured levels give the final neighbour model: its uncertainty decides BLEND flags
     con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h)
@@ -668,7 +682,7 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         ixc = g.ix.clip(0, image.shape[1] - 1)
         if dq is not None:
             ok &= dq[iyc, ixc] == 0
-        prof = profile.pixel(g.d)
+        prof = np.broadcast_to(profile.pixel(g.d[:, :1, :] if geom.along_x else g.d), g.d.shape)
         w = np.where(ok, prof / var, 0.0)
         den = (w * prof).sum(axis=2)
         f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)

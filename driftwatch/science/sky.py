@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from driftwatch.science._stats import row_nanmedian
+
 from driftwatch.science.geometry import DriftGeometry
 from driftwatch.science.photometry import trail_grid
 
@@ -85,8 +87,8 @@ def local_sky(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeom
     ok = npix >= min_pixels
     if ok.any():
         v = vals[ok]
-        med = np.nanmedian(v, axis=1)
-        mad = np.nanmedian(np.abs(v - med[:, None]), axis=1)
+        med = row_nanmedian(v)
+        mad = row_nanmedian(np.abs(v - med[:, None]))
         level[ok] = med
         sigma[ok] = 1.4826 * mad
     if fallback is not None:

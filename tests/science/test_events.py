@@ -113,7 +113,7 @@ def test_matched_filter_matches_a_slow_reference():
     T, sd, sa = _templates(t.shape[1], SPP, durs, SHAPE_AMPLITUDES, SMEAR, None)
     ev = search_events(flux, err, good, t, seconds_per_px=SPP, smear_sigma_s=SMEAR,
                        durations=durs, threshold=0.0, min_calibration_points=10**9,
-                       chi=np.ones(5))
+                       chi=np.ones(5), systematic_floor=0.0)
     # reference: explicit weighted least squares of (constant + a * template) for each star
     for k, i in enumerate(ev.star):
         best = -np.inf
