@@ -105,6 +105,8 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
 
 def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.io.decam import read_ccd, read_dq
+    from driftwatch.io.catalogue import read_catalogue
+    from driftwatch.science.astrometry import match_trails
     from driftwatch.science.background import mask_from_dq, measure_background
     from driftwatch.science.classify import (
         classify_sources, find_streaks, line_mask, streak_mask,
@@ -150,11 +152,25 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     n = det.n
     star_id = np.full(n, None, dtype=object)
     mag = np.full(n, np.nan)
+    separation = np.full(n, np.nan)
     wcs = ccd.wcs
+    refined = None
     if task.catalogue_path is None:
         notes.append("no reference catalogue: trails have no star IDs")
     else:
-        notes.append("catalogue matching not available in this build: trails have no star IDs")
+        with timer.stage("match"):
+            cat = read_catalogue(task.catalogue_path)
+            match = match_trails(det, cat, ccd.wcs, p.drift_rate_arcsec_s, image.shape,
+                                 match_radius_px=p.match_radius_px,
+                                 pointing_tolerance_arcsec=p.pointing_tolerance_arcsec)
+        star_id = np.array([None if v is None else str(v) for v in match.star_id], dtype=object)
+        mag = np.asarray(match.mag_ref, float)
+        separation = np.asarray(match.separation_px, float)
+        notes.extend(match.notes)
+        if match.refined:
+            wcs = refined = match.wcs
+            notes.append(f"WCS refined: residual {match.residual_px:.3f} px, "
+                         f"{match.n_matched} matched")
     sigma0 = fwhm / _FWHM
     radius = max(3.0 * sigma0, 2.0)
     with timer.stage("classify"):
@@ -227,6 +243,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
         "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
         "contamination": contamination.fraction, "collinear_blend": collinear,
+        "match_separation_px": separation,
     }
     m = lc.shape[1]
     t = lc.t
@@ -303,7 +320,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "trail_id": np.array([trail_ids[i] if i >= 0 else None for i in src.trail] + [None] * nl,
                              dtype=object),
     }
-    hdr = _wcs_cards(ccd.header)
+    hdr = _wcs_cards(ccd.header, refined)
     stamp_data = []
     if task.alerts_enabled and p.stamps:
         for c, s in zip(cands, stamps):
@@ -322,11 +339,12 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                      n_trails=n, n_matched=int(sum(v is not None for v in star_id)))
 
 
-def _wcs_cards(header: Any) -> Any:
+def _wcs_cards(header: Any, refined: Any = None) -> Any:
     """Return the WCS cards of a CCD header (TPV distortion terms included) as a new header.
 
     astropy's ``WCS.to_header`` writes TPV back as TAN without its PV terms, so the cards are
-    copied instead.
+    copied instead; a ``refined`` WCS (the header's with an affine correction folded into CD
+    and CRPIX, distortion unchanged) replaces those cards.
     """
     import re
 
@@ -338,6 +356,15 @@ def _wcs_cards(header: Any) -> Any:
     for card in header.cards:
         if keep.match(card.keyword):
             out[card.keyword] = (card.value, card.comment)
+    if refined is not None:
+        w = refined.wcs
+        cd = w.cd if w.has_cd() else w.get_pc() * w.cdelt[:, None]
+        for i in range(2):
+            out[f"CRPIX{i + 1}"] = float(w.crpix[i])
+            out[f"CRVAL{i + 1}"] = float(w.crval[i])
+            for j in range(2):
+                out[f"CD{i + 1}_{j + 1}"] = float(cd[i][j])
+        out["DWREFINE"] = (True, "WCS refined on the reference catalogue")
     return out
 
 

@@ -10,14 +10,16 @@ import pandas as pd
 import pytest
 
 from driftwatch.bench.science2 import _task, write_exposure
+from driftwatch.io.catalogue import write_catalogue
 from driftwatch.pipeline.ccd import reduce_ccd
+from driftwatch.science.catalogue import Catalogue
 from driftwatch.science.geometry import drift_positions
 from driftwatch.simulate.generate import quick_scene
 from driftwatch.simulate.render import render_ccd
 from driftwatch.simulate.scene import Brightening
 
-STAGES = {"read", "background", "detect", "classify", "sky", "extract", "normalise", "events",
-          "write"}
+STAGES = {"read", "background", "detect", "match", "classify", "sky", "extract", "normalise",
+          "events", "write"}
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,24 @@ def event_exposure(tmp_path_factory):
     scene = dataclasses.replace(scene, brightenings=(ev,))
     render = render_ccd(scene)
     img, dq = write_exposure(folder, scene, render, expnum=4242)
-    return scene, render, img, dq, (float(x0[i]), float(y0[i]))
+    # the reference catalogue the pointed exposures would give: the simulator's stars
+    n = len(stars.star_id)
+    nan = np.full(n, np.nan, np.float32)
+    cat = Catalogue(star_id=np.array([f"F-{i:05d}" for i in stars.star_id]),
+                    ccd=np.full(n, scene.ccd), ra=stars.ra, dec=stars.dec,
+                    mag_g=stars.g.astype(np.float32), mag_r=stars.r.astype(np.float32),
+                    magerr_g=nan, magerr_r=nan, g_r=(stars.g - stars.r).astype(np.float32),
+                    flux_g=np.zeros(n), flux_r=10 ** (-0.4 * (stars.r - 26.0)),
+                    saturated=np.zeros(n, bool), reference=np.ones(n, bool), field="F")
+    catalogue = write_catalogue(cat, folder / "field.parquet")
+    return scene, render, img, dq, (float(x0[i]), float(y0[i])), catalogue, int(scene.star_id[i])
 
 
 def test_reduce_writes_products_and_finds_the_event(event_exposure, tmp_path):
-    scene, render, img, dq, (ex, ey) = event_exposure
-    s = reduce_ccd(_task(img, dq, tmp_path, scene.ccd, 4242, alerts=True))
+    scene, render, img, dq, (ex, ey), catalogue, sid = event_exposure
+    task = dataclasses.replace(_task(img, dq, tmp_path, scene.ccd, 4242, alerts=True),
+                               catalogue_path=str(catalogue))
+    s = reduce_ccd(task)
     assert s.ok, s.error
     assert STAGES <= set(s.timings)
     assert s.n_trails > 50 and s.product_dir == str(tmp_path / scene.ccd)
@@ -56,12 +70,16 @@ def test_reduce_writes_products_and_finds_the_event(event_exposure, tmp_path):
     hits = [c for c in s.candidates if c.kind == "brightening"
             and abs(c.t_peak_s - 9.0) < 0.5 and abs(c.y - ey) < 3]
     assert len(hits) == 1
+    assert hits[0].star_id == f"F-{sid:05d}"          # the catalogue ID of the star
+    assert s.n_matched > 0.8 * s.n_trails
+    trails = pd.read_parquet(folder / "trails.parquet")
+    assert (trails.star_id != "").sum() == s.n_matched
     assert hits[0].stamp_path and Path(hits[0].stamp_path).is_file()
     assert all(Path(c.stamp_path).is_file() for c in s.candidates)
 
 
 def test_bad_inputs_give_an_error_and_no_product(event_exposure, tmp_path):
-    scene, render, img, dq, _ = event_exposure
+    scene, render, img, dq = event_exposure[:4]
     cut = tmp_path / "cut.fits"
     cut.write_bytes(img.read_bytes()[: img.stat().st_size // 2])
     cases = {
@@ -79,7 +97,7 @@ def test_bad_inputs_give_an_error_and_no_product(event_exposure, tmp_path):
 
 
 def test_no_dq_mask_is_noted(event_exposure, tmp_path):
-    scene, render, img, dq, _ = event_exposure
+    scene, render, img, dq = event_exposure[:4]
     s = reduce_ccd(_task(img, None, tmp_path, scene.ccd, 4242))
     assert s.ok and "no DQ mask" in s.notes
 
