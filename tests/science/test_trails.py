@@ -140,3 +140,15 @@ def test_trail_at_an_angle_uses_the_fft_path():
     det = detect_trails(img, geom, bg, fwhm_px=FWHM)
     assert det.method == "fft" and det.n == 1
     assert abs(det.x0[0] - xs0) < 1.5 and abs(det.y0[0] - ys0) < 1.5
+
+
+def test_unflagged_cosmic_ray_tracks_are_not_trails_but_a_trail_they_hit_stays():
+    img = render(300, 300, [(200.0, 162.0, 200.3, 20000.0)], sigma=SIGMA, seed=9)
+    img[80, 100:112] += 1500.0                 # a 12 px track along x, sharper than the PSF
+    img[200, 180:183] += 4000.0                # a hit on the trail
+    bg = measure_background(img, box=64, step=1)
+    det = detect_trails(img, _geometry(), bg, fwhm_px=FWHM)
+    assert det.n == 1
+    assert abs(det.y0[0] - 200.3) < 0.3
+    assert det.masked[0]                       # its aperture holds cosmic-ray pixels
+    assert det.n_compact >= 1
