@@ -120,6 +120,10 @@ import driftwatch.science.normalise, driftwatch.science.photometry  # noqa: F401
 import driftwatch.science.sky  # noqa: F401
 from driftwatch.bench.science2 import _task
 from driftwatch.pipeline.ccd import reduce_ccd
+import tempfile, numpy as np
+from driftwatch.io.products import write_table
+with tempfile.TemporaryDirectory() as d:  # pyarrow's first write initialises itself once
+    write_table(Path(d) / "w.parquet", {"a": np.arange(3)}, {})
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 a = json.loads(sys.argv[1])
 task = _task(Path(a["img"]), Path(a["dq"]), Path(a["out"]), a["ccd"], a["expnum"])

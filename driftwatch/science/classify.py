@@ -209,6 +209,16 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
         extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
                                      np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
                                      geom, fwhm)
+    if mask is not None and cand.size:
+        # next to masked pixels (a bad column's end, a bleed trail) a "point" is an artefact
+        off = np.arange(-2, 3)
+        iy = np.clip(np.rint(y[cand]).astype(np.int64)[:, None, None] + off[None, :, None],
+                     0, ny - 1)
+        ix = np.clip(np.rint(x[cand]).astype(np.int64)[:, None, None] + off[None, None, :],
+                     0, nx - 1)
+        near_mask = np.zeros(k, bool)
+        near_mask[cand] = mask[iy, ix].any(axis=(1, 2))
+        round_psf = round_psf & ~near_mask
     point = round_psf & ~near_edge & (extension < 2.0)
     cls[trail_shape] = "trail"
     cls[trail_of >= 0] = "trail"

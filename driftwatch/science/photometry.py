@@ -648,7 +648,8 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
                baseline: np.ndarray, dq: np.ndarray | None = None) -> np.ndarray:
     """Significance of light on the trail's line beyond both of its ends, per trail.
 
-    A star trail ends: past ~2 FWHM beyond either end only sky remains on its centre line. A
+    A star trail ends: beyond either end only its PSF wing (modelled, subtracted) and sky remain
+    on its centre line, from 0.7 FWHM past the end over half a trail length. A
     second star drifting along the same line (a collinear neighbour the detector merged into
     this trail) leaves its own trail there. Its light inside the trail looks like a step or a
     long "event", and lies on the centre line, so this is how it is recognised.
@@ -665,7 +666,7 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
     if n == 0:
         return np.zeros(0)
     h = int(np.ceil(1.3 * profile.fwhm)) + 1
-    gap = int(np.ceil(2.0 * profile.fwhm))
+    gap = int(np.ceil(0.7 * profile.fwhm))
     span = max(int(geom.length_px // 2), 4)
     ux, uy = geom.unit
     L = geom.length_px
@@ -686,6 +687,10 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         w = np.where(ok, prof / var, 0.0)
         den = (w * prof).sum(axis=2)
         f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
+        # minus the star's own PSF wing beyond its end
+        s_along = start + np.arange(g.s.shape[1], dtype=float)
+        f = f - np.asarray(baseline, float)[:, None] * (profile.cdf(s_along) -
+                                                       profile.cdf(s_along - L))[None, :]
         e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
         use = den > 0
         nuse = use.sum(axis=1)
