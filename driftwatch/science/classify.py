@@ -137,7 +137,7 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
                      psf_sigma: float, trail_x: np.ndarray, trail_y: np.ndarray,
                      mask: np.ndarray | None = None, detect_snr: float = 4.5, minarea: int = 5,
                      streak_factor: float = 2.0, sharp_factor: float = 0.55,
-                     edge: int = 3) -> Sources:
+                     edge: int = 3, trail_pixels: np.ndarray | None = None) -> Sources:
     """Detect and classify every source of a background-subtracted CCD image.
 
     Parameters
@@ -154,6 +154,9 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
         Centres of the detected star trails.
     mask : ndarray, bool, shape (ny, nx), optional
         Pixels to ignore (bad, saturated, bleed: CP codes 1-4).
+    trail_pixels : ndarray, bool, shape (ny, nx), optional
+        Footprints of the detected star trails: left out of the extension test of point
+        sources (a neighbouring trail in the box is not this source's extension).
     detect_snr : float
         Detection threshold on the PSF-matched-filter signal-to-noise ratio of a pixel (sep
         compares the filtered image with ``thresh x noise``; the filter lowers the noise by
@@ -208,7 +211,7 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
     if cand.size:
         extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
                                      np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
-                                     geom, fwhm)
+                                     geom, fwhm, trail_pixels)
     if mask is not None and cand.size:
         # next to masked pixels (a bad column's end, a bleed trail) a "point" is an artefact
         off = np.arange(-2, 3)
@@ -316,7 +319,8 @@ def _segment(data: np.ndarray, noise: float, mask: np.ndarray | None, psf_sigma:
 
 
 def _extension(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf_flux: np.ndarray,
-               noise: np.ndarray, geom: DriftGeometry, fwhm: float) -> np.ndarray:
+               noise: np.ndarray, geom: DriftGeometry, fwhm: float,
+               exclude: np.ndarray | None = None) -> np.ndarray:
     """Light along the drift beyond 1.5 FWHM from each source, in sigmas (0 if < 0.3 x PSF flux).
 
     A box as long as a trail, centred on the source, minus its central +-1.5 FWHM: a point
@@ -331,6 +335,8 @@ def _extension(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf_flux: np.ndar
     g = trail_grid(x - ux * L / 2, y - uy * L / 2, geom, h, data.shape, pad=h)
     sc = g.s - L / 2  # along-trail distance from the source
     outer = g.inside & (np.abs(sc)[:, :, None] > 1.5 * fwhm)
+    if exclude is not None:
+        outer &= ~exclude[g.iy.clip(0, data.shape[0] - 1), g.ix.clip(0, data.shape[1] - 1)]
     vals = np.where(outer, data[g.iy.clip(0, data.shape[0] - 1),
                                 g.ix.clip(0, data.shape[1] - 1)], 0.0)
     npix = outer.sum(axis=(1, 2))

@@ -323,20 +323,31 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             ws = np.where(okh, 1.0 / np.where(okh, se, 1.0) ** 2, 0.0)
             sh = np.where(okh, shift[hit], 0.0)
             tt = T[jd, jc]
-            swh = np.maximum(ws.sum(axis=1), 1e-300)
-            tz_s = tt - ((ws * tt).sum(axis=1) / swh)[:, None]
-            dn = (ws * tz_s * tz_s).sum(axis=1)
-            b = np.where(dn > 0, (ws * tz_s * sh).sum(axis=1) / np.maximum(dn, 1e-300), 0.0)
-            sb = 1.0 / np.sqrt(np.maximum(dn, 1e-300))
+            # fit shift = c0 + c1 k + b T: the star's own centroid may drift slowly along the
+            # trail (the drift direction varies a little across the CCD); only the part that
+            # follows the event is the excess light's position
+            kk = np.broadcast_to(np.arange(m, dtype=float) / m, tt.shape)
+            basis = np.stack([np.ones_like(tt), kk, tt], axis=2)          # (h, m, 3)
+            normal = np.einsum("hk,hki,hkj->hij", ws, basis, basis)
+            rhs = np.einsum("hk,hki,hk->hi", ws, basis, sh)
+            normal = normal + np.eye(3)[None] * 1e-12
+            try:
+                cov3 = np.linalg.inv(normal)
+            except np.linalg.LinAlgError:
+                cov3 = np.linalg.pinv(normal)
+            coef = np.einsum("hij,hj->hi", cov3, rhs)
+            b = coef[:, 2]
+            sb = np.sqrt(np.maximum(cov3[:, 2, 2], 1e-300))
             a_fit = amp[hit, jd, jc]
-            offset = np.abs(b / np.where(a_fit != 0, a_fit, np.inf))
+            excess_at = -b / np.where(a_fit != 0, a_fit, np.inf)
+            offset = np.abs(excess_at)
             off_line = (np.abs(b) > 4.0 * sb) & (offset > max_offset_px)
             # short excess light beside the line: a flash that landed on the trail (kept, as a
             # flash at its own position); longer: a neighbour's light (dropped)
             is_flash = off_line & (shape_dur[jd] <= flash_max_duration_s) & \
                 (offset <= flash_max_offset_px) & (sign > 0)
             keep &= ~off_line | is_flash
-            signed_off = np.where(is_flash, -b / np.where(a_fit != 0, a_fit, np.inf), 0.0)
+            signed_off = np.where(is_flash, excess_at, 0.0)
         else:
             is_flash = np.zeros(hit.size, bool)
             signed_off = np.zeros(hit.size)
