@@ -10,6 +10,9 @@ A daemon loop (or ``driftwatch reprocess``) drives it step by step::
             ...
     dispatcher.shutdown(grace=cfg.workers.grace_period_s)
 
+Only one process dispatches a database at a time: :meth:`Dispatcher.requeue_running` takes the
+writer lock of ``paths.state`` (see :func:`driftwatch.store.db.acquire_writer_lock`).
+
 A job is ready when it is queued, its retry time has come, its field's catalogue job (if any)
 has finished, and its exposure's DQ mask is there (or known missing, or ``watch.dq_wait_s`` has
 passed since the image arrived). Each job is marked 'running' (committed) before it is handed
