@@ -180,8 +180,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         # streaks (code 8) stay visible: they are classified, then masked along their line
         cls_mask = mask if dq is None else mask & (dq != 5)
         src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
-                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
-                               trail_pixels=covered)
+                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
         lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad)
         del data
         # a "trail" whose source is a round point (a flash the detector took for a short
