@@ -163,6 +163,10 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
         ``sqrt(sum(kernel**2))``, so ``thresh = detect_snr x sqrt(sum(kernel**2))``).
     """
     data = np.ascontiguousarray(data, dtype=np.float32)
+    if mask is not None:
+        # masked pixels (a hot column, a bleed trail) count zero everywhere: in the detection,
+        # the moments and the PSF photometry
+        data = np.where(mask, np.float32(0), data)
     objs, seg, lab_of = _segment(data, float(np.median(noise)), mask, psf_sigma, detect_snr,
                                  minarea)
     k = len(objs)
@@ -214,7 +218,7 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
                                      geom, fwhm, trail_pixels)
     if mask is not None and cand.size:
         # next to masked pixels (a bad column's end, a bleed trail) a "point" is an artefact
-        off = np.arange(-2, 3)
+        off = np.arange(-3, 4)
         iy = np.clip(np.rint(y[cand]).astype(np.int64)[:, None, None] + off[None, :, None],
                      0, ny - 1)
         ix = np.clip(np.rint(x[cand]).astype(np.int64)[:, None, None] + off[None, None, :],
