@@ -177,6 +177,7 @@ class Dispatcher:
         self._generation = 0
         self._lost_in_generation: dict[int, int] = {}
         self._suspects: set[int] = set()
+        self._released: set[int] = set()   # came back, freed their worker, not yet recorded
         self._lock: Path | None = None
 
     # -----------------------------------------------------------------------------------------
@@ -211,7 +212,7 @@ class Dispatcher:
     def step(self, timeout: float = 0.0) -> list[JobResult]:
         """One turn of a daemon loop: submit ready jobs, record what has finished."""
         self.submit_ready()
-        return self.collect(timeout)
+        return self.collect(timeout, refill=True)
 
     def recover(self) -> int:
         """Alias of :meth:`requeue_running` (start-up crash recovery)."""
@@ -320,27 +321,64 @@ class Dispatcher:
                 jobstate.mark_running(job, self.executor.name, now)
                 batch.append((job.id, fn, task))
         # Committed as running before any worker sees them: a crash from here on is recovered.
+        refused: list[tuple[int, BaseException]] = []
         for job_id, fn, task in batch:
             gen = self._generation
             try:
                 future = self.executor.submit(fn, task)
-            except Exception as exc:  # the pool broke between two submits
-                self._done.put((job_id, gen, exc))
-                self._inflight[job_id] = (gen, None)
+            except Exception as exc:  # a broken pool, or a task that cannot be pickled
+                refused.append((job_id, exc))
                 continue
             self._inflight[job_id] = (gen, future)
             future.add_done_callback(lambda f, j=job_id, g=gen: self._done.put((j, g, f)))
-        return len(batch)
+        if refused:
+            self._refused(refused)
+        return len(batch) - len(refused)
+
+    def _refused(self, refused: list[tuple[int, BaseException]]) -> None:
+        """Jobs the executor would not take: a broken pool (not their fault: back in the queue
+        with the try refunded, the pool is rebuilt next turn) or a task it cannot send."""
+        now = self.clock()
+        with self.store.session_scope() as s:
+            for job_id, exc in refused:
+                job = s.get(CcdJob, job_id)
+                if job is None or job.state != RUNNING:
+                    continue
+                if self.executor.is_lost_worker(exc):
+                    jobstate.requeue(job, now, refund=True)
+                    continue
+                error = f"the executor refused the task: {type(exc).__name__}: {exc}"
+                log.error("job %s (%s %s): %s", job_id, job.kind, job.ccd, error)
+                jobstate.mark_failed(job, now, error, retryable=True,
+                                     max_attempts=self.cfg.workers.max_attempts,
+                                     backoff_s=self.cfg.workers.retry_backoff_s)
+                self._finish(s, job, job.exposure, now, error)
 
     # -----------------------------------------------------------------------------------------
-    def collect(self, timeout: float | None = 0.0) -> list[JobResult]:
-        """Record every task that has finished, waiting up to ``timeout`` s for the first."""
+    def collect(self, timeout: float | None = 0.0, *, refill: bool = False) -> list[JobResult]:
+        """Record every task that has finished, waiting up to ``timeout`` s for the first.
+
+        With ``refill``, the workers of tasks that came back without an exception are handed
+        their next job before the results are written, so no worker waits on the database.
+        """
         results: list[JobResult] = []
         try:
-            item = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+            first = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
         except queue.Empty:
             return results
+        items = [first]
         while True:
+            try:
+                items.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        if refill:
+            for job_id, _gen, fut in items:
+                if self._succeeded(fut) and self._inflight.pop(job_id, None) is not None:
+                    self._released.add(job_id)
+            if self._released:
+                self.submit_ready()
+        for item in items:
             job_id, gen, fut = item
             try:
                 res = self._record(job_id, gen, fut)
@@ -351,10 +389,16 @@ class Dispatcher:
                 res = self._record_error(job_id, f"cannot record the result: {exc}")
             if res is not None:
                 results.append(res)
-            try:
-                item = self._done.get_nowait()
-            except queue.Empty:
-                return results
+        return results
+
+    @staticmethod
+    def _succeeded(fut: Any) -> bool:
+        if isinstance(fut, BaseException):
+            return False
+        try:
+            return fut.exception() is None
+        except BaseException:  # cancelled
+            return False
 
     def _record_error(self, job_id: int, error: str) -> JobResult | None:
         now = self.clock()
@@ -380,8 +424,9 @@ class Dispatcher:
 
     def _record(self, job_id: int, gen: int, fut: Any) -> JobResult | None:
         entry = self._inflight.pop(job_id, None)
-        if entry is None:
+        if entry is None and job_id not in self._released:
             return None
+        self._released.discard(job_id)
         outcome, exc = self._outcome(fut)
         now = self.clock()
         with self.store.session_scope() as s:
@@ -479,7 +524,7 @@ class Dispatcher:
         """Dispatch until no job in scope is queued or running (reprocess)."""
         while True:
             self.submit_ready()
-            for res in self.collect(timeout=poll_s if self._inflight else 0):
+            for res in self.collect(timeout=poll_s if self._inflight else 0, refill=True):
                 if on_result is not None:
                     on_result(res)
             if self._inflight or not self._done.empty():

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +37,7 @@ from driftwatch.config import WorkersConfig
 log = logging.getLogger(__name__)
 
 
+_LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()   # LocalExecutors not yet shut down
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -102,6 +104,7 @@ class LocalExecutor:
         self._ctx.set_forkserver_preload(["driftwatch.service.executor", *preload])
         self._pool = self._new_pool()
         self._broken = False
+        _LIVE_POOLS.add(self)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.count, mp_context=self._ctx,
@@ -140,11 +143,43 @@ class LocalExecutor:
     def shutdown(self, wait: bool = True) -> None:
         """Stop the pool; without ``wait`` the workers are terminated (their jobs were handed
         back to the queue by the dispatcher, and products are only ever renamed into place)."""
+        pool = self._pool
+        manager = getattr(pool, "_executor_manager_thread", None)
         if not wait:
-            for proc in list(self._pool._processes.values()):  # noqa: SLF001
+            for proc in list(pool._processes.values()):  # noqa: SLF001
                 if proc.is_alive():
                     proc.terminate()
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        pool.shutdown(wait=wait, cancel_futures=True)
+        if not wait and manager is not None:
+            # Seen rarely on CPython 3.11: an idle worker that the pool's manager thread waits
+            # for but never told to stop, which would hang the interpreter's exit (and a cron
+            # job with it). Kill such strays: children of our fork server that belong to no
+            # other live pool of this process.
+            manager.join(timeout=5.0)
+            if manager.is_alive():
+                self._kill_strays()
+                manager.join(timeout=5.0)
+        _LIVE_POOLS.discard(self)
+
+    def _kill_strays(self) -> None:
+        import psutil
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver._forkserver, "_forkserver_pid", None)  # noqa: SLF001
+        if not server:
+            return
+        others = {pid for ex in list(_LIVE_POOLS) if ex is not self for pid in ex.worker_pids()}
+        try:
+            children = psutil.Process(server).children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid not in others:
+                log.warning("killing worker process %d left behind by the pool", child.pid)
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
 
 
 class DaskExecutor:
