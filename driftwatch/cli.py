@@ -27,8 +27,18 @@ from driftwatch.errors import ConfigError, DriftwatchError, UsageError
 log = logging.getLogger("driftwatch")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the parser with every available subcommand."""
+def command_names() -> list[str]:
+    """Return the subcommands (module names of driftwatch.commands), without importing them."""
+    return sorted(m.name for m in pkgutil.iter_modules(commands.__path__)
+                  if not m.name.startswith("_"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the parser; with ``only``, import just that subcommand's module.
+
+    Importing a command pulls in its dependencies (the simulator brings scipy, pandas and
+    astropy), so the long-running daemon imports only what ``run`` needs.
+    """
     parser = argparse.ArgumentParser(
         prog="driftwatch",
         description="Automated nightly processing of DECam drift-scan exposures.",
@@ -38,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
+    for name in command_names():
+        if only is not None and name != only:
+            sub.add_parser(name)  # present for argparse, never the chosen one
             continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -50,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in command_names() else None)
     args = parser.parse_args(argv)
     from driftwatch.logs import setup_logging
 
