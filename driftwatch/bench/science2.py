@@ -165,7 +165,7 @@ def _speed(tmp: Path, runs: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; ``quick`` uses fewer runs and seeds."""
-    from driftwatch.bench import science2_accuracy as acc
+    from driftwatch.bench import _science2_accuracy as acc
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dw-bench-sci2-") as d:
