@@ -162,15 +162,23 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     nx_, ny_ = -uy, ux  # normal to the trail
     k = np.arange(-pad, n_samples(geom) + pad, dtype=float)
     j = np.arange(-half_width, half_width + 1, dtype=float)
-    px = x0[:, None, None] + k[None, :, None] * ux + j[None, None, :] * nx_
-    py = y0[:, None, None] + k[None, :, None] * uy + j[None, None, :] * ny_
-    ix = np.rint(px).astype(np.int64)
-    iy = np.rint(py).astype(np.int64)
-    rx = ix - x0[:, None, None]
-    ry = iy - y0[:, None, None]
-    d = rx * nx_ + ry * ny_
-    s = (rx * ux + ry * uy)[:, :, half_width]
-    inside = (ix >= 0) & (ix < shape[1]) & (iy >= 0) & (iy < shape[0])
+    # Same arithmetic, same order as the plain broadcast expressions (bit-identical grids),
+    # with the along-trail part added on the small (n, m) array and the big (n, m, w)
+    # arrays updated in place: this grid is built several times per CCD.
+    px = (x0[:, None] + k[None, :] * ux)[:, :, None] + (j * nx_)[None, None, :]
+    py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
+    np.rint(px, out=px)
+    np.rint(py, out=py)
+    ix = px.astype(np.int64)
+    iy = py.astype(np.int64)
+    # the rounded float equals the integer exactly, so this is ix - x0 (iy - y0)
+    rx = np.subtract(px, x0[:, None, None], out=px)
+    ry = np.subtract(py, y0[:, None, None], out=py)
+    s = rx[:, :, half_width] * ux + ry[:, :, half_width] * uy
+    d = np.multiply(rx, nx_, out=rx)
+    d += ry * ny_
+    # negative indices wrap to huge unsigned values: one comparison per axis
+    inside = (ix.view(np.uint64) < shape[1]) & (iy.view(np.uint64) < shape[0])
     return TrailGrid(ix=ix, iy=iy, inside=inside, d=d, s=s)
 
 
