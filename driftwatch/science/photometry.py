@@ -206,8 +206,15 @@ class LineProfile:
 
     def cdf(self, d: np.ndarray) -> np.ndarray:
         """Fraction of the line profile below ``d`` pixels (interpolated in a cached table)."""
-        u, table = _cdf_table(round(float(self.beta), 6))
-        return np.interp(np.asarray(d, float) / self.alpha, u, table)
+        table, slope = _cdf_slopes(round(float(self.beta), 6))
+        # linear interpolation on the uniform grid of _cdf_table by direct indexing (what
+        # np.interp gives, to ~1e-14, without its binary search: ~10x faster on unsorted d)
+        t = np.asarray(d, float) / self.alpha
+        t = (t - _CDF_U0) * (1.0 / _CDF_DU)
+        np.clip(t, 0.0, table.size - 1.0, out=t)
+        i = np.minimum(t.astype(np.intp), table.size - 2)
+        t -= i
+        return table[i] + t * slope[i]
 
     def pixel(self, d: np.ndarray) -> np.ndarray:
         """Pixel-integrated profile at pixel-centre distances ``d`` (sums to 1 over all d)."""
@@ -224,12 +231,23 @@ class LineProfile:
         return cls(alpha=fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)), beta=beta)
 
 
+_CDF_U0, _CDF_U1, _CDF_N = -80.0, 80.0, 64001
+_CDF_DU = (_CDF_U1 - _CDF_U0) / (_CDF_N - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cdf_slopes(beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF table of :func:`_cdf_table` and its differences (for direct interpolation)."""
+    _, table = _cdf_table(beta)
+    return table, np.diff(table)
+
+
 @functools.lru_cache(maxsize=64)
 def _cdf_table(beta: float) -> tuple[np.ndarray, np.ndarray]:
     """CDF of a unit-alpha Moffat line profile on a fine grid of u (exact: incomplete beta)."""
     from scipy.special import betainc
 
-    u = np.linspace(-80.0, 80.0, 64001)
+    u = np.linspace(_CDF_U0, _CDF_U1, _CDF_N)
     # integral of (1 + u^2)^-(beta - 1/2): regularised incomplete beta in u^2 / (1 + u^2)
     half = 0.5 * betainc(0.5, beta - 1.0, u * u / (1.0 + u * u))
     return u, 0.5 + np.sign(u) * half
