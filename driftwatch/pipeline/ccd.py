@@ -219,8 +219,15 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             notes.append(f"only {int(nm.is_reference.sum())} reference stars: not normalised")
     with timer.stage("events"):
         # a trail dominated by a neighbour's modelled light cannot be trusted to show events
+        # and a "trail" whose steady light is not detected is no star (a flash or a
+        # cosmic ray the detector took for a short trail): its peak would read as a
+        # brightening of thousands of percent, double-reporting the flash
+        with np.errstate(invalid="ignore"):
+            typical_err = row_nanmedian(np.where(lc.good, lc.err, np.nan))
+            baseline_snr = nm.baseline * np.sqrt(lc.good.sum(axis=1)) / typical_err
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear
+            (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear & \
+            (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl
