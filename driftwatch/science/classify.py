@@ -303,11 +303,16 @@ def _segment(data: np.ndarray, noise: float, mask: np.ndarray | None, psf_sigma:
     # maximum.reduceat over the runs; ndi.maximum is several times slower
     order = np.argsort(L, kind="stable")
     starts = np.concatenate([[0], np.cumsum(npix[1:])[:-1]])
-    peak_all = np.maximum.reduceat(v[order], starts) if L.size else np.zeros(0)
-    peak = peak_all[sel - 1]
-    boxes = ndi.find_objects(seg)
-    box = np.array([[sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1]
-                    for sl in (boxes[i - 1] for i in sel)], dtype=np.int64).reshape(-1, 4)
+    if L.size:
+        peak = np.maximum.reduceat(v[order], starts)[sel - 1]
+        # bounding boxes from the same runs (ndi.find_objects rescans the whole image)
+        xs, ys = xx[order], yy[order]
+        box = np.stack([np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts),
+                        np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)],
+                       axis=1)[sel - 1].astype(np.int64)
+    else:
+        peak = np.zeros(0)
+        box = np.zeros((0, 4), np.int64)
     objs = np.zeros(sel.size, dtype=[
         ("x", "f8"), ("y", "f8"), ("x2", "f8"), ("y2", "f8"), ("xy", "f8"), ("a", "f8"),
         ("b", "f8"), ("theta", "f8"), ("npix", "i8"), ("peak", "f8"), ("flux", "f8"),
@@ -485,12 +490,16 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         if alive.sum() < min_votes:
             break
         x, y = px[alive], py[alive]
-        rho = x[:, None] * ct[None, :] + y[:, None] * st[None, :]
+        # the plain expressions' arithmetic, in place (the (points, angles) arrays are big)
+        rho = np.multiply(x[:, None], ct[None, :])
+        rho += y[:, None] * st[None, :]
         rmin = float(rho.min())
-        ri = ((rho - rmin) / bin_px).astype(np.int64)
+        rho -= rmin
+        rho /= bin_px
+        ri = rho.astype(np.int64)
         nr = int(ri.max()) + 1
-        votes = np.bincount((ri + nr * np.arange(thetas.size)[None, :]).ravel(),
-                            minlength=nr * thetas.size)
+        ri += nr * np.arange(thetas.size)[None, :]
+        votes = np.bincount(ri.ravel(), minlength=nr * thetas.size)
         if drift_angle is not None:
             # the line's direction is theta + 90 degrees
             dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
