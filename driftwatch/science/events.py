@@ -301,13 +301,20 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap", "offset")}
     flat = Z.reshape(n, -1)
     t_end = m * spp
+    flat_s = S.reshape(n, -1)
     for sign, kind in ((1.0, "brightening"), (-1.0, "dip")):
-        best = np.argmax(sign * flat, axis=1)
-        zbest = sign * flat[np.arange(n), best]
-        hit = np.flatnonzero(zbest > threshold)
+        # detection on the calibrated statistic; the event's parameters from the template
+        # that fits best (largest uncalibrated S, the likelihood): the calibration grows
+        # slightly with duration on real data (red noise), and choosing by Z would then
+        # bias the duration short and the amplitude high
+        zmax = (sign * flat).max(axis=1)
+        hit = np.flatnonzero(zmax > threshold)
         if hit.size == 0:
             continue
-        jd, jc = np.unravel_index(best[hit], (n_shapes, m))
+        best = np.argmax(sign * flat_s[hit], axis=1)
+        jd, jc = np.unravel_index(best, (n_shapes, m))
+        zbest = np.zeros(n)
+        zbest[hit] = sign * Z[hit, jd, jc]
         # robustness: the event must survive losing its most significant sample
         tz = T[jd, jc] - mean_t[hit, jd, jc][:, None]    # zero-mean template of each hit
         contrib = sign * wr[hit] * tz

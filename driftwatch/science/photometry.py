@@ -166,9 +166,17 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     # with the along-trail part added on the small (n, m) array and the big (n, m, w)
     # arrays updated in place: this grid is built several times per CCD.
     px = (x0[:, None] + k[None, :] * ux)[:, :, None] + (j * nx_)[None, None, :]
-    py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
+    if geom.along_x:
+        # one row per trail offset, taken at mid-trail: rounding each sample separately
+        # would make the window jump a row where a slightly tilted trail crosses a
+        # half-pixel, and the across distances then change by a whole pixel mid-trail
+        kmid = 0.5 * (n_samples(geom) - 1)
+        py = np.broadcast_to(np.rint(y0 + kmid * uy)[:, None, None]
+                             + np.rint(j * ny_)[None, None, :], px.shape).copy()
+    else:
+        py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
+        np.rint(py, out=py)
     np.rint(px, out=px)
-    np.rint(py, out=py)
     ix = px.astype(np.int64)
     iy = py.astype(np.int64)
     # the rounded float equals the integer exactly, so this is ix - x0 (iy - y0)
@@ -180,6 +188,13 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     # negative indices wrap to huge unsigned values: one comparison per axis
     inside = (ix.view(np.uint64) < shape[1]) & (iy.view(np.uint64) < shape[0])
     return TrailGrid(ix=ix, iy=iy, inside=inside, d=d, s=s)
+
+
+def _mid_sample(d: np.ndarray) -> np.ndarray:
+    """The across distances of the middle sample, shape (n, 1, w): for a trail along x they
+    change by less than 0.05 px from there to either end (the rows are fixed per trail)."""
+    mid = d.shape[1] // 2
+    return d[:, mid:mid + 1, :]
 
 
 @dataclass(frozen=True)
@@ -404,7 +419,7 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1))
     # along a pixel axis the across distances are the same for every sample of a trail:
     # evaluate the profile once per trail and broadcast
-    d_eval = g.d[:, :1, :] if geom.along_x else g.d
+    d_eval = _mid_sample(g.d) if geom.along_x else g.d
     prof = np.broadcast_to(profile.pixel(d_eval), g.d.shape)
     # profile renormalised over the window, so a flux is the total across the trail
     core = np.abs(g.d) <= 2.0 * sigma
@@ -709,7 +724,7 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         ixc = g.ix.clip(0, image.shape[1] - 1)
         if dq is not None:
             ok &= dq[iyc, ixc] == 0
-        prof = np.broadcast_to(profile.pixel(g.d[:, :1, :] if geom.along_x else g.d), g.d.shape)
+        prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
         w = np.where(ok, prof / var, 0.0)
         den = (w * prof).sum(axis=2)
         f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
