@@ -345,20 +345,25 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             coef = np.einsum("hij,hj->hi", cov3, rhs)
             b = coef[:, 2]
             sb = np.sqrt(np.maximum(cov3[:, 2, 2], 1e-300))
-            # the same without the drift term: a neighbour's light that covers part of the
-            # trail is a step in the shift, which the drift term partly absorbs
-            n2 = normal[:, ::2, ::2]
-            c2 = np.einsum("hij,hj->hi", np.linalg.inv(n2), rhs[:, ::2])
-            s2 = np.sqrt(np.maximum(np.linalg.inv(n2)[:, 1, 1], 1e-300))
             a_fit = amp[hit, jd, jc]
             a_safe = np.where(a_fit != 0, a_fit, np.inf)
             excess_at = -b / a_safe
             offset = np.abs(excess_at)
             off_drift = (np.abs(b) > 4.0 * sb) & (offset > max_offset_px)
-            off_step = (np.abs(c2[:, 1]) > 4.0 * s2) & (np.abs(c2[:, 1] / a_safe) > max_offset_px)
-            # short events: judged with the drift term (a slow centroid drift must not turn a
-            # real brightening into a "flash"); longer ones also by the plain fit (blends)
-            off_line = off_drift | (off_step & (shape_dur[jd] > flash_max_duration_s))
+            # the same with the star's measured excess (flux - 1) in place of the template:
+            # a neighbour's light moves the centroid in proportion to whatever shape it gives
+            # the curve (a step where its trail overlaps, not a bump), which the template
+            # follows poorly; the star's own brightening leaves the centroid where it was
+            basis[:, :, 2] = np.where(okh, r[hit], 0.0)
+            normal_f = np.einsum("hk,hki,hkj->hij", ws, basis, basis) + np.eye(3)[None] * 1e-12
+            rhs_f = np.einsum("hk,hki,hk->hi", ws, basis, sh)
+            cov_f = np.linalg.pinv(normal_f)
+            b_f = np.einsum("hij,hj->hi", cov_f, rhs_f)[:, 2]
+            sb_f = np.sqrt(np.maximum(cov_f[:, 2, 2], 1e-300))
+            off_flux = (np.abs(b_f) > 4.0 * sb_f) & (np.abs(b_f) > max_offset_px)
+            # longer events are also judged by that (blends); short ones by the template fit
+            # alone, so a flash that landed on the trail is recognised below
+            off_line = off_drift | (off_flux & (shape_dur[jd] > flash_max_duration_s))
             # short excess light beside the line: a flash that landed on the trail (kept, as a
             # flash at its own position); longer: a neighbour's light (dropped)
             is_flash = off_drift & (shape_dur[jd] <= flash_max_duration_s) & \

@@ -59,6 +59,16 @@ _COMPACT_REST_SNR = 3.0
 _COMPACT_CR_SNR = 5.0
 #: Trails at least this bright (filter S/N) measure the common transparency trend.
 _TREND_MIN_SNR = 50.0
+#: Two collinear trails replace one when they fit its along-trail profile better by this F ratio
+#: (improvement over the residual variance per sample of the two-trail fit).
+_SPLIT_F = 40.0
+#: ... and when the two trails are at least this many FWHM apart along the drift (closer pairs
+#: mimic the soft ends of a Moffat PSF, and their light curves differ only near the ends).
+_SPLIT_MIN_FWHM = 2.0
+#: ... and when the fainter trail holds at least this share of the light (below it, the
+#: template's own mismatch on the brightest stars, whose wings it does not follow exactly,
+#: would split single stars).
+_SPLIT_MIN_SHARE = 0.03
 _SHIFT_STEP = 0.5
 
 
@@ -455,9 +465,146 @@ def _edge_offset(prof: np.ndarray, a: np.ndarray, ac: np.ndarray, half_len: floa
     return float(delta) if abs(delta) < 1.0 else 0.0
 
 
+def _trail_template(prof_a: np.ndarray, a: np.ndarray, ac: np.ndarray, half_len: float,
+                    sigma: float, bright: np.ndarray) -> np.ndarray | None:
+    """Median along-trail profile of the bright trails, aligned on their centres.
+
+    It holds what every trail of the CCD shares and a box convolved with a Gaussian does not:
+    the PSF's (Moffat) wings beyond the ends and the transparency's changes during the
+    exposure. Returns the template at the integer offsets ``a`` from a trail's centre, its
+    plateau scaled to 1 (0 beyond the measured range), or None with fewer than 10 trails.
+    """
+    idx = np.flatnonzero(bright)
+    if idx.size < 10 or half_len < 4 * sigma:
+        return None
+    idx = idx[:400]  # the brightest (detections are sorted by S/N): plenty for a median
+    pos = (ac[idx, None] + a[None, :]) - a[0]
+    i0 = np.floor(pos).astype(np.intp)
+    f = pos - i0
+    ok = (i0 >= 0) & (i0 < a.size - 1)
+    i0 = np.clip(i0, 0, a.size - 2)
+    rows = np.arange(idx.size)[:, None]
+    samp = np.where(ok, prof_a[idx][rows, i0] * (1 - f) + prof_a[idx][rows, i0 + 1] * f, np.nan)
+    plateau = np.nanmedian(np.where(np.abs(a) < half_len - 2 * sigma, samp, np.nan), axis=1)
+    good = plateau > 0
+    if good.sum() < 10:
+        return None
+    with np.errstate(invalid="ignore"):
+        tmpl = np.nanmedian(samp[good] / plateau[good, None], axis=0)
+    return np.nan_to_num(tmpl, nan=0.0)
+
+
+def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: float,
+                     var_a: np.ndarray, threshold_sigma: float,
+                     template: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Find detections that are two overlapping trails on one line (collinear neighbours).
+
+    Two stars whose trails overlap along the drift give one ridge in the matched filter and
+    one maximum, and their light curves would show steps where one trail starts or ends.
+    The along-trail profile of each detection (``prof_a``, (n, na) at integer offsets ``a``)
+    is fitted by one trail (``template``: :func:`_trail_template`, so the PSF wings and the
+    transparency changes all trails share are in the model) and by two trails
+    ``_SPLIT_MIN_FWHM`` FWHM to one trail length apart (non-negative amplitudes), on a 1 px
+    grid of positions. A split is kept when the two-trail model is better by an F ratio of
+    ``_SPLIT_F`` (the residual of the two-trail fit sets the noise, so a bright star's
+    imperfect model does not split it) and the fainter trail alone has a S/N of
+    ``threshold_sigma`` (``var_a``: noise variance of one profile sample, (n,)).
+
+    Returns
+    -------
+    rows, s1, s2, f1, f2 : ndarray, shape (k,)
+        The detections to split, the along-trail centres of their two trails (pixels, same
+        origin as ``a``; refined to 1/16 px) and each trail's share of the light.
+    """
+    n, na = prof_a.shape
+    empty = (np.zeros(0, np.intp),) + (np.zeros(0),) * 4
+    if n == 0:
+        return empty
+
+    def model(tc: np.ndarray) -> np.ndarray:
+        """The template centred at ``tc`` (any shape), sampled at ``a``: (..., na)."""
+        return np.interp(a[None, :] - np.reshape(tc, (-1, 1)), a, template,
+                         left=0.0, right=0.0).reshape(np.shape(tc) + (na,))
+
+    reach = half_len + 6.0
+    t = np.arange(-math.floor(reach), math.floor(reach) + 1.0)
+    box = model(t)                                                          # (nt, na)
+    gram = box @ box.T
+    proj = prof_a @ box.T                                                   # (n, nt)
+    total = np.einsum("na,na->n", prof_a, prof_a)
+    r1 = np.max(np.where(proj > 0, proj * proj / np.diag(gram)[None, :], 0.0), axis=1)
+    i, j = np.triu_indices(t.size, 1)
+    sep = t[j] - t[i]
+    keep = (sep >= _SPLIT_MIN_FWHM * 2.3548 * sigma) & (sep <= 2.0 * half_len)
+    i, j = i[keep], j[keep]
+    gii, gjj, gij = gram[i, i], gram[j, j], gram[i, j]
+    det = gii * gjj - gij * gij
+    pi, pj = proj[:, i], proj[:, j]                                          # (n, np)
+    a1 = (gjj * pi - gij * pj) / det
+    a2 = (gii * pj - gij * pi) / det
+    r2 = np.where((a1 > 0) & (a2 > 0), a1 * pi + a2 * pj, 0.0)
+    best = np.argmax(r2, axis=1)
+    rows = np.arange(n)
+    r2b = r2[rows, best]
+    resid = np.maximum(total - r2b, 1e-300) / max(na - 4, 1)
+    f_ratio = (r2b - r1) / resid
+    a1b, a2b = a1[rows, best], a2[rows, best]
+    faint = np.where(a1b < a2b, a1b * np.sqrt(gii[best]), a2b * np.sqrt(gjj[best]))
+    share = np.minimum(a1b, a2b) / np.maximum(a1b + a2b, 1e-300)
+    split = (f_ratio > _SPLIT_F) & (faint / np.sqrt(var_a) >= threshold_sigma) & \
+        (share >= _SPLIT_MIN_SHARE)
+    rows = np.flatnonzero(split)
+    if rows.size == 0:
+        return empty
+    # refine both positions around the best pair: 0.25 px steps, then 1/16 px (few rows)
+    s1, s2 = t[i[best[rows]]], t[j[best[rows]]]
+    pr = prof_a[rows][:, None, None, :]
+    k = np.arange(rows.size)
+    for step in (0.25, 0.0625):
+        d = np.arange(-4, 5) * step
+        t1 = s1[:, None, None] + d[None, :, None]                          # (k, nd, 1)
+        t2 = s2[:, None, None] + d[None, None, :]                          # (k, 1, nd)
+        b1, b2 = model(t1), model(t2)                                       # (k, nd, 1, na)
+        p1, p2 = (b1 * pr).sum(-1), (b2 * pr).sum(-1)
+        g11, g22, g12 = (b1 * b1).sum(-1), (b2 * b2).sum(-1), (b1 * b2).sum(-1)
+        dd = g11 * g22 - g12 * g12
+        x1 = (g22 * p1 - g12 * p2) / dd
+        x2 = (g11 * p2 - g12 * p1) / dd
+        rr = np.where((x1 > 0) & (x2 > 0), x1 * p1 + x2 * p2, 0.0).reshape(rows.size, -1)
+        kbest = np.argmax(rr, axis=1)
+        k1, k2 = np.divmod(kbest, d.size)
+        s1, s2 = t1[k, k1, 0], t2[k, 0, k2]
+        f1 = x1.reshape(rows.size, -1)[k, kbest]
+        f2 = x2.reshape(rows.size, -1)[k, kbest]
+    return rows, s1, s2, f1 / (f1 + f2), f2 / (f1 + f2)
+
+
+def _duplicate_components(xc: np.ndarray, yc: np.ndarray, split_of: np.ndarray,
+                          geometry: DriftGeometry, fwhm_px: float) -> np.ndarray:
+    """Flag split components lying on another detection (within 3 px along, 1 FWHM across).
+
+    ``split_of[i]`` is the other component of detection i's split, or -1.
+    """
+    drop = np.zeros(xc.size, dtype=bool)
+    comp = np.flatnonzero(split_of >= 0)
+    if comp.size == 0 or xc.size < 2:
+        return drop
+    ux, uy = geometry.unit
+    along = xc * ux + yc * uy
+    across = -xc * uy + yc * ux
+    tree = cKDTree(np.column_stack([along / 3.0, across / fwhm_px]))
+    for i, near in zip(comp, tree.query_ball_point(
+            np.column_stack([along[comp] / 3.0, across[comp] / fwhm_px]), r=1.0)):
+        # a handful of split trails per CCD: a loop over them, not over all trails
+        others = [j for j in near if j != i and j != split_of[i] and not drop[j]]
+        drop[i] = bool(others)
+    return drop
+
+
 def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | None,
             background: Background, xp: np.ndarray, yp: np.ndarray, geometry: DriftGeometry,
-            fwhm_px: float, gain: float | None, snr_hint: np.ndarray) -> dict[str, np.ndarray]:
+            fwhm_px: float, gain: float | None, snr_hint: np.ndarray,
+            threshold: float = 5.0) -> dict[str, np.ndarray]:
     """Measure sub-pixel centres, fluxes and flags of all detections at once."""
     ny, nx = image.shape
     n = xp.size
@@ -530,6 +677,26 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     den = cm - 2.0 * c0 + cp
     frac = np.where(den < 0, 0.5 * (cm - cp) / np.where(den < 0, den, -1.0), 0.0)
     ac = shifts[k] + np.clip(frac, -1.0, 1.0) * _SHIFT_STEP
+    # collinear neighbours merged into one detection become two trails (sharing the window)
+    var_a = background.rms_at(xi, yi).astype(np.float64) ** 2 * np.sum(wc ** 2, axis=1)
+    template = _trail_template(prof_a, a, ac, half_len, sigma,
+                               (snr_hint >= _TREND_MIN_SNR) & (snr_hint < 20000))
+    rows, s1, s2, f1, f2 = (_collinear_split(prof_a, a, half_len, sigma, var_a, threshold,
+                                             template) if template is not None
+                            else (np.zeros(0, np.intp),) + (np.zeros(0),) * 4)
+    parent = np.concatenate([np.arange(n), rows])
+    split_of = np.full(n + rows.size, -1, dtype=np.intp)
+    if rows.size:
+        ac = np.concatenate([ac, s2])
+        ac[rows] = s1
+        share = np.ones(n + rows.size)
+        share[rows], share[n:] = f1, f2
+        split_of[rows] = np.arange(n, n + rows.size)
+        split_of[n:] = rows
+        cc, wc, prof_a = cc[parent], wc[parent], prof_a[parent]
+        w, good, inside, flat = w[parent], good[parent], inside[parent], flat[parent]
+        xi, yi, snr_hint = xi[parent], yi[parent], snr_hint[parent] * share
+        n = parent.size
     xc = xi + ac * ux - cc * uy
     yc = yi + ac * uy + cc * ux
 
@@ -604,7 +771,10 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     if delta != 0.0:
         xc, yc = xc + delta * ux, yc + delta * uy
         x0, y0, x1, y1 = x0 + delta * ux, y0 + delta * uy, x1 + delta * ux, y1 + delta * uy
-    return dict(x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
+    if not rows.size:
+        share = np.ones(n)
+    return dict(parent=parent, share=share, split_of=split_of,
+                x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
                 flux_err=np.sqrt(var).astype(np.float32), saturated=saturated, masked=masked,
                 edge=edge, compact=compact, trend=np.full(n, beta))
 
@@ -680,7 +850,15 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
     order = np.argsort(-psnr[keep], kind="stable")
     xp, yp, psnr = xp[keep][order], yp[keep][order], psnr[keep][order]
     img = np.asarray(image)
-    ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain, psnr)
+    ref = _refine(img, mask, sat_mask, background, xp, yp, geometry, fwhm_px, gain, psnr,
+                  threshold=threshold_sigma)
+    parent, share, split_of = ref.pop("parent"), ref.pop("share"), ref.pop("split_of")
+    psnr = psnr[parent] * share
+    # a component of a split that lands on another detection is that detection, not a new trail
+    dup = _duplicate_components(ref["xc"], ref["yc"], split_of, geometry, fwhm_px)
+    if dup.any():
+        ref = {k: v[~dup] for k, v in ref.items()}
+        psnr = psnr[~dup]
     compact = ref.pop("compact")
     trend_arr = ref.pop("trend")
     trend = float(trend_arr[0]) if trend_arr.size else 0.0

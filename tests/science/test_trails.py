@@ -152,3 +152,32 @@ def test_unflagged_cosmic_ray_tracks_are_not_trails_but_a_trail_they_hit_stays()
     assert abs(det.y0[0] - 200.3) < 0.3
     assert det.masked[0]                       # its aperture holds cosmic-ray pixels
     assert det.n_compact >= 1
+
+
+def test_collinear_neighbours_are_split_into_two_trails():
+    # Two stars on one row whose trails overlap along the drift give one filter maximum; the
+    # along-trail profile shows the second trail beyond the first one's end.
+    rng = np.random.default_rng(12)
+    geom = _geometry()
+    L = geom.length_px
+    singles = [(x, x - L, y, f) for x, y, f in zip(rng.uniform(300, 560, 24),
+                                                   np.linspace(20, 880, 24) + rng.uniform(-2, 2, 24),
+                                                   rng.uniform(20000, 60000, 24))]
+    pairs = []
+    for y, (x, dx, f1, f2) in zip((57.3, 417.6, 777.2),
+                                  ((150.2, 12.0, 30000.0, 9000.0), (120.7, 18.5, 20000.0, 20000.0),
+                                   (140.4, 25.0, 40000.0, 6000.0))):
+        pairs.append((x, dx, y))
+        singles += [(x, x - L, y, f1), (x + dx, x + dx - L, y, f2)]
+    img = render(900, 600, singles, sigma=SIGMA, seed=3)
+    bg = measure_background(img, box=64, step=1)
+    det = detect_trails(img, geom, bg, fwhm_px=FWHM, gain=4.0)
+    assert det.n == len(singles)
+    for x, dx, y in pairs:
+        on_row = np.flatnonzero(np.abs(det.y0 - y) < 1.0)
+        assert on_row.size == 2
+        x0 = np.sort(det.x0[on_row])
+        # the brighter (first) trail to a few tenths of a pixel; a faint partner whose far
+        # end lies beyond the fitting window (dx = 25 px) only to about a pixel
+        assert abs(x0[0] - x) < 0.3
+        assert abs(x0[1] - (x + dx)) < (0.5 if dx < 20 else 1.2)
