@@ -343,19 +343,35 @@ def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     dist = dist[order]
     fwhms = np.linspace(0.5 * fwhm_guess, 2.0 * fwhm_guess, 46)
     betas = np.array([1.8, 2.2, 2.6, 3.0, 3.5, 4.5, 6.0, 10.0, 30.0])
-    best, best_cost = fallback, np.inf
-    for beta in betas:  # nine shapes; each a vectorised fit over all widths and trails
-        alphas = fwhms / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
-        # pixel integral in units of alpha: cdf((d +- 0.5) / alpha) of a unit-alpha profile
-        unit = LineProfile(alpha=1.0, beta=float(beta))
-        a = alphas[:, None, None]
-        model = unit.cdf((dist[None] + 0.5) / a) - unit.cdf((dist[None] - 0.5) / a)
-        # normalised over the same window as the data
-        model = model / model.sum(axis=2, keepdims=True)
-        cost = ((model - prof[None]) ** 2).sum(axis=(1, 2))
-        j = int(np.argmin(cost))
-        if cost[j] < best_cost:
-            best, best_cost = LineProfile(float(alphas[j]), float(beta)), float(cost[j])
+    units = [LineProfile(alpha=1.0, beta=float(b)) for b in betas]
+    scale = 2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0)
+    keep = np.ones(prof.shape[0], dtype=bool)
+    best = fallback
+    # two passes: the trails whose own misfit is far above the typical one (a streak or
+    # a cosmic ray across the window, an undetected neighbour) are left out of the second;
+    # a handful of them pulled the wings (beta) far off in a plain least-squares fit
+    for _ in range(2):
+        best_cost, per_trail = np.inf, None
+        for beta, unit, sc in zip(betas, units, scale):  # nine shapes, vectorised over widths
+            a = (fwhms / sc)[:, None, None]
+            # pixel integral in units of alpha: cdf((d +- 0.5) / alpha) of a unit-alpha profile
+            model = unit.cdf((dist[keep][None] + 0.5) / a) - unit.cdf((dist[keep][None] - 0.5) / a)
+            # normalised over the same window as the data
+            model = model / model.sum(axis=2, keepdims=True)
+            res2 = ((model - prof[keep][None]) ** 2).sum(axis=2)          # (widths, trails)
+            cost = res2.sum(axis=1)
+            j = int(np.argmin(cost))
+            if cost[j] < best_cost:
+                best = LineProfile(float(fwhms[j] / sc), float(beta))
+                best_cost, per_trail = float(cost[j]), res2[j]
+        if per_trail is None:
+            break
+        typical = float(np.median(per_trail))
+        outlier = per_trail > 5.0 * typical
+        if not outlier.any() or keep.sum() - outlier.sum() < 3:
+            break
+        idx = np.flatnonzero(keep)
+        keep[idx[outlier]] = False
     return best
 
 
