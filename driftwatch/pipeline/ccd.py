@@ -115,7 +115,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
-        end_excess, extract_trails, footprint_labels,
+        FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
     )
     from driftwatch.science._stats import row_nanmedian
     from driftwatch.science.sky import local_sky
@@ -225,9 +225,14 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         with np.errstate(invalid="ignore"):
             typical_err = row_nanmedian(np.where(lc.good, lc.err, np.nan))
             baseline_snr = nm.baseline * np.sqrt(lc.good.sum(axis=1)) / typical_err
+        # a trail that runs into a saturated star's core or bleed, or that a satellite streak
+        # crosses (samples flagged so), also carries that star's halo or the streak's wings
+        # on the samples next to the masked ones, which no model here removes
+        sat_bits = (1 << 3) | (1 << 4) | (1 << 8) | FLAG_SATURATED
+        touches_saturation = ((lc.flags & sat_bits) != 0).any(axis=1)
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear & \
-            (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
+            ~touches_saturation & (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl

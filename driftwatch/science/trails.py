@@ -68,7 +68,7 @@ _SPLIT_MIN_FWHM = 2.0
 #: ... and when the fainter trail holds at least this share of the light (below it, the
 #: template's own mismatch on the brightest stars, whose wings it does not follow exactly,
 #: would split single stars).
-_SPLIT_MIN_SHARE = 0.03
+_SPLIT_MIN_SHARE = 0.02
 _SHIFT_STEP = 0.5
 
 
@@ -556,10 +556,29 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
     rows = np.flatnonzero(split)
     if rows.size == 0:
         return empty
-    # refine both positions around the best pair: 0.25 px steps, then 1/16 px (few rows)
-    s1, s2 = t[i[best[rows]]], t[j[best[rows]]]
-    pr = prof_a[rows][:, None, None, :]
-    k = np.arange(rows.size)
+    s1, s2, f1, f2 = _refine_pair(prof_a[rows], a, template, t[i[best[rows]]],
+                                  t[j[best[rows]]])
+    f1, f2 = f1 / (f1 + f2), f2 / (f1 + f2)
+    ok = np.minimum(f1, f2) >= _SPLIT_MIN_SHARE
+    return rows[ok], s1[ok], s2[ok], f1[ok], f2[ok]
+
+
+def _refine_pair(prof: np.ndarray, a: np.ndarray, template: np.ndarray, s1: np.ndarray,
+                 s2: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Refine the centres of two-trail fits of profiles ``prof`` (k, na) near ``s1``, ``s2``.
+
+    Grids of 0.25 px, then 1/16 px, around the current pair; returns the centres and the
+    two fitted amplitudes (template units).
+    """
+    na = a.size
+
+    def model(tc: np.ndarray) -> np.ndarray:
+        return np.interp(a[None, :] - np.reshape(tc, (-1, 1)), a, template,
+                         left=0.0, right=0.0).reshape(np.shape(tc) + (na,))
+
+    pr = prof[:, None, None, :]
+    k = np.arange(prof.shape[0])
+    f1 = f2 = np.zeros(prof.shape[0])
     for step in (0.25, 0.0625):
         d = np.arange(-4, 5) * step
         t1 = s1[:, None, None] + d[None, :, None]                          # (k, nd, 1)
@@ -570,13 +589,13 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
         dd = g11 * g22 - g12 * g12
         x1 = (g22 * p1 - g12 * p2) / dd
         x2 = (g11 * p2 - g12 * p1) / dd
-        rr = np.where((x1 > 0) & (x2 > 0), x1 * p1 + x2 * p2, 0.0).reshape(rows.size, -1)
+        rr = np.where((x1 > 0) & (x2 > 0), x1 * p1 + x2 * p2, 0.0).reshape(k.size, -1)
         kbest = np.argmax(rr, axis=1)
         k1, k2 = np.divmod(kbest, d.size)
         s1, s2 = t1[k, k1, 0], t2[k, 0, k2]
-        f1 = x1.reshape(rows.size, -1)[k, kbest]
-        f2 = x2.reshape(rows.size, -1)[k, kbest]
-    return rows, s1, s2, f1 / (f1 + f2), f2 / (f1 + f2)
+        f1 = x1.reshape(k.size, -1)[k, kbest]
+        f2 = x2.reshape(k.size, -1)[k, kbest]
+    return s1, s2, f1, f2
 
 
 def _duplicate_components(xc: np.ndarray, yc: np.ndarray, split_of: np.ndarray,
@@ -622,18 +641,23 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # Nearest-pixel sampling on the (along, across) grid; exact for an axis-aligned trail.
     ai = np.rint(a[:, None] * ux - c[None, :] * uy).astype(np.intp)          # (na, nc) dx
     aj = np.rint(a[:, None] * uy + c[None, :] * ux).astype(np.intp)          # (na, nc) dy
-    ix = xi.astype(np.intp)[:, None, None] + ai[None]
-    iy = yi.astype(np.intp)[:, None, None] + aj[None]
-    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    flat = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
-    del ix, iy
-    vals = image.ravel()[flat]
-    good = inside & np.isfinite(vals)
-    if mask is not None:
-        good &= ~mask.ravel()[flat]
-    sky = background.back_at(xi, yi).astype(np.float32)
-    w = vals.astype(np.float32, copy=False) - sky[:, None, None]
-    w[~good] = 0.0
+
+    def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
+        ix = xi.astype(np.intp)[:, None, None] + ai[None]
+        iy = yi.astype(np.intp)[:, None, None] + aj[None]
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        flat = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
+        del ix, iy
+        vals = image.ravel()[flat]
+        good = inside & np.isfinite(vals)
+        if mask is not None:
+            good &= ~mask.ravel()[flat]
+        sky = background.back_at(xi, yi).astype(np.float32)
+        w = vals.astype(np.float32, copy=False) - sky[:, None, None]
+        w[~good] = 0.0
+        return w, good, inside, flat
+
+    w, good, inside, flat = gather(xi, yi)
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -679,11 +703,24 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     ac = shifts[k] + np.clip(frac, -1.0, 1.0) * _SHIFT_STEP
     # collinear neighbours merged into one detection become two trails (sharing the window)
     var_a = background.rms_at(xi, yi).astype(np.float64) ** 2 * np.sum(wc ** 2, axis=1)
+    # the template from well-measured trails only: the alignment errors of fainter ones would
+    # soften its ends, and the sharper ends of bright single stars would then look split
     template = _trail_template(prof_a, a, ac, half_len, sigma,
-                               (snr_hint >= _TREND_MIN_SNR) & (snr_hint < 20000))
+                               snr_hint >= 4 * _TREND_MIN_SNR)
     rows, s1, s2, f1, f2 = (_collinear_split(prof_a, a, half_len, sigma, var_a, threshold,
                                              template) if template is not None
                             else (np.zeros(0, np.intp),) + (np.zeros(0),) * 4)
+    # a pair reaching past the window (one trail far along) is measured again in a window
+    # centred between its two trails, where both ends of both trails are seen
+    far = np.flatnonzero(np.maximum(np.abs(s1), np.abs(s2)) + half_len + 3 * sigma > amax)
+    if far.size:
+        shift_k = np.rint(0.5 * (s1[far] + s2[far]))
+        r = rows[far]
+        w2 = gather(np.rint(xi[r] + shift_k * ux), np.rint(yi[r] + shift_k * uy))[0]
+        prof2 = np.einsum("nac,nc->na", w2, wc[r], dtype=np.float64)
+        n1, n2, g1, g2 = _refine_pair(prof2, a, template, s1[far] - shift_k, s2[far] - shift_k)
+        s1[far], s2[far] = n1 + shift_k, n2 + shift_k
+        f1[far], f2[far] = g1 / (g1 + g2), g2 / (g1 + g2)
     parent = np.concatenate([np.arange(n), rows])
     split_of = np.full(n + rows.size, -1, dtype=np.intp)
     if rows.size:

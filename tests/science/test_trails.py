@@ -166,7 +166,7 @@ def test_collinear_neighbours_are_split_into_two_trails():
     pairs = []
     for y, (x, dx, f1, f2) in zip((57.3, 417.6, 777.2),
                                   ((150.2, 12.0, 30000.0, 9000.0), (120.7, 18.5, 20000.0, 20000.0),
-                                   (140.4, 25.0, 40000.0, 6000.0))):
+                                   (140.4, 25.0, 40000.0, 12000.0))):
         pairs.append((x, dx, y))
         singles += [(x, x - L, y, f1), (x + dx, x + dx - L, y, f2)]
     img = render(900, 600, singles, sigma=SIGMA, seed=3)
@@ -177,7 +177,7 @@ def test_collinear_neighbours_are_split_into_two_trails():
         on_row = np.flatnonzero(np.abs(det.y0 - y) < 1.0)
         assert on_row.size == 2
         x0 = np.sort(det.x0[on_row])
-        # the brighter (first) trail to a few tenths of a pixel; a faint partner whose far
-        # end lies beyond the fitting window (dx = 25 px) only to about a pixel
+        # both to a few tenths of a pixel (the fainter one's position rests on its far end
+        # alone where it overlaps the brighter trail: S/N ~ 3 per sample at 6,000 ADU, ~1 px)
         assert abs(x0[0] - x) < 0.3
-        assert abs(x0[1] - (x + dx)) < (0.5 if dx < 20 else 1.2)
+        assert abs(x0[1] - (x + dx)) < 0.5
