@@ -61,13 +61,17 @@ def _blended(x: np.ndarray, y: np.ndarray, flux: np.ndarray, length: float,
 
 
 def _footprint_match(ax, ay, bx, by, along, across) -> tuple[np.ndarray, np.ndarray]:
-    """For each a, the nearest b in (along, across)-scaled distance, and whether within 1."""
+    """For each a, the nearest b (plain distance) within the (along, across) window, if any.
+
+    Positions are good to a fraction of a pixel both ways, so the nearest in plain distance is
+    the right partner, also for two stars on one row a few pixels apart (which detection now
+    resolves); the window only bounds how far a partner may be.
+    """
     if len(bx) == 0:
         return np.zeros(len(ax), dtype=bool), np.zeros(len(ax), dtype=np.intp)
-    tree = cKDTree(np.column_stack([np.asarray(bx) / along, np.asarray(by)]))
-    # Search in the scaled space with per-point across tolerance: query k nearest.
+    tree = cKDTree(np.column_stack([np.asarray(bx), np.asarray(by)]))
     k = min(8, len(bx))
-    d, idx = tree.query(np.column_stack([np.asarray(ax) / along, np.asarray(ay)]), k=k)
+    d, idx = tree.query(np.column_stack([np.asarray(ax), np.asarray(ay)]), k=k)
     d = d.reshape(len(ax), k)
     idx = idx.reshape(len(ax), k)
     bxs, bys = np.asarray(bx)[idx], np.asarray(by)[idx]
