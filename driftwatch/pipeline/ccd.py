@@ -180,7 +180,8 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         # streaks (code 8) stay visible: they are classified, then masked along their line
         cls_mask = mask if dq is None else mask & (dq != 5)
         src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
-                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask)
+                               trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
+                               saturated=sat_mask, gain=ccd.gain)
         lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad)
         del data
         # a "trail" whose source is a round point (a flash the detector took for a short
@@ -270,10 +271,27 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     }
     cands: list[CandidateSummary] = []
     stamps: list[dict[str, Any]] = []
-    points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma))
+    # flashes: point sources off the satellite streaks (a glint is the satellite's)
+    on_streak = streaks[np.clip(np.rint(src.y).astype(np.int64), 0, image.shape[0] - 1),
+                        np.clip(np.rint(src.x).astype(np.int64), 0, image.shape[1] - 1)]
+    points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma) &
+                            ~on_streak)
     ux, uy = geom.unit
-    cx = np.concatenate([lc.x[ev.star, ev.sample] - uy * ev.offset_px, src.x[points]])
-    cy = np.concatenate([lc.y[ev.star, ev.sample] + ux * ev.offset_px, src.y[points]])
+    ex = lc.x[ev.star, ev.sample] - uy * ev.offset_px
+    ey = lc.y[ev.star, ev.sample] + ux * ev.offset_px
+    if points.size and len(ev):
+        # an event at a point source is the same light (a flash beside a trail's line, or far
+        # brighter than the star under it): the point source describes it, once
+        from dataclasses import replace as _replace
+        same = (np.hypot(ex[:, None] - src.x[points][None, :],
+                         ey[:, None] - src.y[points][None, :]) <= 2.0 * fwhm).any(axis=1)
+        if same.any():
+            ev = _replace(ev, **{f: getattr(ev, f)[~same] for f in (
+                "star", "kind", "sample", "t_peak_s", "duration_s", "amplitude",
+                "smeared_amplitude", "fluence", "significance", "false_alarm", "offset_px")})
+            ex, ey = ex[~same], ey[~same]
+    cx = np.concatenate([ex, src.x[points]])
+    cy = np.concatenate([ey, src.y[points]])
     cra, cdec = (wcs.all_pix2world(cx, cy, 0) if cx.size else (np.zeros(0), np.zeros(0)))
     for k in range(len(ev)):
         i = int(ev.star[k])

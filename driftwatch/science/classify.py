@@ -1,22 +1,42 @@
 """Classify every source detected on a CCD: star trail, point source, streak, cosmic ray, artefact.
 
-Sources are found by a PSF-matched filter on the background-subtracted image, thresholded and
-cut into connected segments (no deblending, so a satellite streak stays one object); each
-segment's moments (sep's definitions: barycentre, a, b, theta, peak, isophotal flux, bounding
-box) are measured by weighted bincounts over all segments at once, and each source is
-classified from its moments and the trail detections:
+Detection runs on the image binned 2 x 2 (a quarter of the pixels; a PSF of FWHM ~4 px loses
+a few per cent of its matched-filter signal-to-noise ratio): a PSF-matched Gaussian filter,
+thresholded and cut into connected segments (no deblending, so a satellite streak stays one
+object). Each segment's moments (barycentre, a, b, theta, isophotal flux, bounding box) are
+measured by weighted bincounts over the segment bins at once. Segments are classified from
+their moments and the trail detections:
 
 - ``streak``: much longer than a star trail (``> streak_factor`` x trail length; ``> 4`` x
   along the drift, where collinear overlapping trails merge) and thin, at any angle; a streak
   that crosses star trails absorbs them into one object and stays a streak; its line is found
-  by a Hough transform of its pixels.
-- ``cosmic_ray``: sharper than the PSF (minor-axis rms below ``sharp_factor`` x PSF sigma, or
-  a peak holding far more of the flux than a PSF can).
+  by a Hough transform of its bins, and its position and direction are the line's.
 - ``trail``: contains a detected trail, or is elongated along the drift with a trail's length.
-- ``point``: round, PSF-sized, away from the CCD edge (2 FWHM), with no light along the drift
-  beyond its PSF (a fragment of a faint undetected trail has): it did not drift, so it lasted
-  much less than the seeing crossing time: a candidate millisecond flash.
+- ``cosmic_ray``: sharper than the PSF.
 - ``artefact``: anything else (edge fragments, bad columns, ghosts).
+
+Point sources are found apart from the segments, so that a flash merged with a star trail, a
+streak or a bright neighbour's wings is still found: every local maximum of the filtered
+image is a candidate peak, and it is a ``point`` (it did not drift: it lasted much less than
+the seeing crossing time, a candidate millisecond flash) when
+
+- it stands out of the light along the drift: the filtered image at the peak exceeds its
+  larger value ``k`` (~3.7 PSF sigma) pixels before and after along the drift by
+  ``point_snr`` times its noise (photon noise of the trail under it included). A star
+  trail's interior and its ends do not; a flash on a trail does by its own light;
+- it is compact in every direction: that excess holds (half of it at least) against the
+  filtered image ``k`` pixels away along 8 directions, which a streak's ridge (any angle) or
+  a faint trail's fragment does not;
+- it is not sharper than the PSF (a cosmic ray: minor-axis rms of its trail-subtracted light
+  below ``sharp_factor`` x PSF sigma, or a peak pixel far above a PSF's), lies 2 FWHM from
+  the CCD edge, 3 px from masked pixels and 3 FWHM from saturated ones.
+
+A compact excess on a star's steady light along the drift is either a flash on the star or
+the star's own short brightening (they look alike): unless it is far brighter than the star
+(``star_ratio_max``) it stays with the trail (class ``trail``), and the star's light curve
+decides. ``on_trail`` names the detected trail whose centre line a peak lies on (for a point:
+the event search's candidates there are the same light). A trail detection whose only light
+is the point (no steady light along its line) was the flash itself: ``trail`` names it.
 
 Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
 """
@@ -34,41 +54,51 @@ __all__ = ["CLASSES", "Sources", "StreakLines", "classify_sources", "find_streak
 
 CLASSES: tuple[str, ...] = ("trail", "point", "streak", "cosmic_ray", "artefact")
 
+#: Directions (radians from the drift) of the compactness test of point sources.
+_DIRECTIONS = np.arange(8) * np.pi / 8
+
 
 @dataclass(frozen=True)
 class Sources:
     """Sources of one CCD and their classes (``k`` sources).
 
+    Rows are the segments of the detection image, then the point sources and cosmic rays
+    found inside larger segments (a flash on a trail).
+
     Attributes
     ----------
     x, y : ndarray, float64, shape (k,)
-        Barycentre, pixels (0-based).
+        Barycentre, pixels (0-based); for a point, its PSF peak; for a streak, the point of
+        its line nearest the barycentre.
     a, b : ndarray, float64, shape (k,)
         Major and minor axis rms, pixels.
     theta : ndarray, float64, shape (k,)
-        Major-axis angle, radians counter-clockwise from +x.
+        Major-axis angle, radians counter-clockwise from +x (a streak: its line's direction).
     length : ndarray, float64, shape (k,)
         Length of a uniform line with the same major rms (``sqrt(12) a``), pixels.
     npix : ndarray, int64, shape (k,)
-        Pixels above the threshold.
+        Pixels above the threshold (in whole 2 x 2 bins).
     flux : ndarray, float64, shape (k,)
-        Isophotal flux, ADU.
+        Isophotal flux, ADU (a point inside a larger segment: its PSF flux).
     snr : ndarray, float64, shape (k,)
-        PSF-fit signal-to-noise ratio at (x, y).
+        PSF-fit signal-to-noise ratio at (x, y) (of the trail-subtracted light for a point).
     psf_flux : ndarray, float64, shape (k,)
         PSF-fit flux, ADU.
     cls : ndarray, str, shape (k,)
         One of :data:`CLASSES`.
     trail : ndarray, int64, shape (k,)
-        Index of a detected trail inside the source (-1: none).
+        Index of a detected trail inside the source (-1: none); for a point, a trail
+        detection that was this point itself (no steady light along its line).
+    on_trail : ndarray, int64, shape (k,)
+        For a peak (a point, or a compact excess on a star's trail), the detected star trail
+        whose centre line it lies on (-1: none).
     line_theta, line_rho : ndarray, float64, shape (k,)
         For streaks, the Hough line ``x cos(theta) + y sin(theta) = rho`` of its pixels
         (NaN otherwise): the moments of a streak that crossed star trails are biased by them,
         the line is not.
     extension : ndarray, float64, shape (k,)
-        Flux along the drift more than 1.5 FWHM from the source, in units of its noise, when it
-        exceeds 30 % of the PSF flux (else 0): large for a fragment of a faint undetected
-        trail, 0 for a flash.
+        For a point, the signal-to-noise ratio of its excess over the light along the drift
+        (0 otherwise).
     """
 
     x: np.ndarray
@@ -83,19 +113,13 @@ class Sources:
     psf_flux: np.ndarray
     cls: np.ndarray
     trail: np.ndarray
+    on_trail: np.ndarray
     line_theta: np.ndarray
     line_rho: np.ndarray
     extension: np.ndarray
 
     def __len__(self) -> int:
         return int(self.x.size)
-
-
-def _gauss_kernel(sigma: float) -> np.ndarray:
-    h = max(1, int(np.ceil(2.5 * sigma)))
-    r = np.arange(-h, h + 1, dtype=float)
-    k = np.exp(-0.5 * (r[:, None] ** 2 + r[None, :] ** 2) / sigma ** 2)
-    return (k / k.sum()).astype(np.float32)
 
 
 def psf_photometry(data: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
@@ -120,32 +144,85 @@ def psf_photometry(data: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float,
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     h = int(np.ceil(3 * sigma))
+    iy, ix, inside = _stamp_index(x, y, h, data.shape)
+    vals = data[iy, ix].astype(float)
+    return _psf_fit(vals, inside, ix, iy, x, y, sigma, noise)
+
+
+def _stamp_index(x: np.ndarray, y: np.ndarray, h: int,
+                 shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clipped (iy, ix) of (2h+1)^2 stamps centred on the nearest pixels, and the in-CCD mask."""
     off = np.arange(-h, h + 1)
-    ix = np.rint(x)[:, None, None].astype(np.int64) + off[None, None, :]
-    iy = np.rint(y)[:, None, None].astype(np.int64) + off[None, :, None]
-    inside = (ix >= 0) & (ix < data.shape[1]) & (iy >= 0) & (iy < data.shape[0])
-    vals = data[iy.clip(0, data.shape[0] - 1), ix.clip(0, data.shape[1] - 1)].astype(float)
+    ix = np.rint(x).astype(np.int64)[:, None, None] + off[None, None, :]
+    iy = np.rint(y).astype(np.int64)[:, None, None] + off[None, :, None]
+    inside = (ix >= 0) & (ix < shape[1]) & (iy >= 0) & (iy < shape[0])
+    return iy.clip(0, shape[0] - 1), ix.clip(0, shape[1] - 1), inside
+
+
+def _psf_fit(vals: np.ndarray, inside: np.ndarray, ix: np.ndarray, iy: np.ndarray,
+             x: np.ndarray, y: np.ndarray, sigma: float,
+             noise: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares flux of a pixel-sampled Gaussian PSF in stamps, and its S/N."""
     p = np.exp(-0.5 * ((ix - x[:, None, None]) ** 2 + (iy - y[:, None, None]) ** 2) / sigma ** 2)
     p = np.where(inside, p / (2 * np.pi * sigma ** 2), 0.0)
-    den = (p * p).sum(axis=(1, 2))
-    flux = (p * vals).sum(axis=(1, 2)) / np.maximum(den, 1e-300)
-    err = np.asarray(noise, float) / np.sqrt(np.maximum(den, 1e-300))
+    den = np.maximum((p * p).sum(axis=(1, 2)), 1e-300)
+    flux = (p * vals).sum(axis=(1, 2)) / den
+    err = np.asarray(noise, float) / np.sqrt(den)
     return flux, flux / err
 
 
-def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeometry, *,
+def _kernel1d(sigma: float) -> np.ndarray:
+    """Normalised Gaussian taps truncated at 2 sigma (what ``gaussian_filter(truncate=2)`` uses)."""
+    r = np.arange(-int(2.0 * sigma + 0.5), int(2.0 * sigma + 0.5) + 1)
+    k = np.exp(-0.5 * (r / sigma) ** 2)
+    return k / k.sum()
+
+
+def _bin2(data: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Sum 2 x 2 blocks of ``data`` (an odd last row/column dropped), masked pixels as zero."""
+    ny, nx = data.shape
+    out = np.zeros((ny // 2, nx // 2), np.float32)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            q = data[dy:ny - ny % 2:2, dx:nx - nx % 2:2]
+            if mask is None:
+                out += q
+            else:
+                out += np.where(mask[dy:ny - ny % 2:2, dx:nx - nx % 2:2], np.float32(0), q)
+    return out
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of ``img`` at (x, y) (array index units), clipped to the image."""
+    ny, nx = img.shape
+    x = np.clip(x, 0.0, nx - 1.001)
+    y = np.clip(y, 0.0, ny - 1.001)
+    x0 = x.astype(np.int64)
+    y0 = y.astype(np.int64)
+    fx = x - x0
+    fy = y - y0
+    i = y0 * nx + x0
+    f = img.ravel()
+    return ((f[i] * (1 - fx) + f[i + 1] * fx) * (1 - fy) +
+            (f[i + nx] * (1 - fx) + f[i + nx + 1] * fx) * fy)
+
+
+def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
                      psf_sigma: float, trail_x: np.ndarray, trail_y: np.ndarray,
-                     mask: np.ndarray | None = None, detect_snr: float = 4.5, minarea: int = 5,
+                     mask: np.ndarray | None = None, saturated: np.ndarray | None = None,
+                     gain: float | None = None,
+                     detect_snr: float = 4.5, point_snr: float = 5.0, minarea: int = 5,
                      streak_factor: float = 2.0, sharp_factor: float = 0.55,
-                     edge: int = 3, trail_pixels: np.ndarray | None = None) -> Sources:
+                     edge: int = 3, on_trail_px: float = 1.0,
+                     star_ratio_max: float = 3.0, trail_var: float = 0.07) -> Sources:
     """Detect and classify every source of a background-subtracted CCD image.
 
     Parameters
     ----------
     data : ndarray, float32, shape (ny, nx)
-        Image minus the sky background, ADU.
-    noise : float or ndarray (ny, nx)
-        Per-pixel noise, ADU.
+        Image minus the sky background, ADU (not modified).
+    noise : float
+        Per-pixel sky noise, ADU.
     geom : DriftGeometry
         Drift of the CCD (direction and trail length).
     psf_sigma : float
@@ -153,224 +230,402 @@ def classify_sources(data: np.ndarray, noise: float | np.ndarray, geom: DriftGeo
     trail_x, trail_y : ndarray, shape (t,)
         Centres of the detected star trails.
     mask : ndarray, bool, shape (ny, nx), optional
-        Pixels to ignore (bad, saturated, bleed: CP codes 1-4).
-    trail_pixels : ndarray, bool, shape (ny, nx), optional
-        Footprints of the detected star trails: left out of the extension test of point
-        sources (a neighbouring trail in the box is not this source's extension).
+        Pixels to ignore (bad, saturated, bleed: CP codes 1-4): they count zero.
+    saturated : ndarray, bool, shape (ny, nx), optional
+        Saturated and bleed pixels: no point source within 3 FWHM of them.
+    gain : float, optional
+        Electrons per ADU: the photon noise of a trail under a point source raises the noise
+        of its excess (sky noise only when None).
     detect_snr : float
-        Detection threshold on the PSF-matched-filter signal-to-noise ratio of a pixel (sep
-        compares the filtered image with ``thresh x noise``; the filter lowers the noise by
-        ``sqrt(sum(kernel**2))``, so ``thresh = detect_snr x sqrt(sum(kernel**2))``).
-    """
-    data = np.ascontiguousarray(data, dtype=np.float32)
-    if mask is not None:
-        # masked pixels (a hot column, a bleed trail) count zero everywhere: in the detection,
-        # the moments and the PSF photometry
-        data = np.where(mask, np.float32(0), data)
-    objs, seg, lab_of = _segment(data, float(np.median(noise)), mask, psf_sigma, detect_snr,
-                                 minarea)
-    k = len(objs)
-    x = objs["x"].astype(float)
-    y = objs["y"].astype(float)
-    a = objs["a"].astype(float)
-    b = objs["b"].astype(float)
-    theta = objs["theta"].astype(float)
-    length = np.sqrt(12.0) * a
-    ny, nx = data.shape
-    # trail membership: the segment under each trail centre
-    tx = np.rint(np.asarray(trail_x, float)).astype(np.int64)
-    ty = np.rint(np.asarray(trail_y, float)).astype(np.int64)
-    on = (tx >= 0) & (tx < nx) & (ty >= 0) & (ty < ny)
-    trail_of = np.full(k, -1, dtype=np.int64)
-    if on.any():
-        obj = lab_of[seg[ty[on], tx[on]]]
-        idx = np.flatnonzero(on)
-        has = obj >= 0
-        trail_of[obj[has]] = idx[has]
-    noise_at = noise if np.ndim(noise) == 0 else np.asarray(noise)[
-        np.clip(np.rint(y).astype(int), 0, ny - 1), np.clip(np.rint(x).astype(int), 0, nx - 1)]
-    psf_flux, snr = psf_photometry(data, x, y, psf_sigma, noise_at) if k else (np.zeros(0),) * 2
-    peak_frac = objs["peak"].astype(float) / np.maximum(objs["flux"].astype(float), 1e-30)
-    psf_peak = 1.0 / (2 * np.pi * psf_sigma ** 2)
-    drift_angle = geom.angle_rad
-    dang = np.abs(np.angle(np.exp(2j * (theta - drift_angle)))) / 2.0  # axis difference, 0..pi/2
-    L = max(geom.length_px, 1.0)
-    touches = ((objs["xmin"] <= edge) | (objs["ymin"] <= edge) |
-               (objs["xmax"] >= nx - 1 - edge) | (objs["ymax"] >= ny - 1 - edge))
-
-    cls = np.full(k, "artefact", dtype=object)
-    along = dang < np.radians(10.0)
-    streak = (length > np.where(along, 4.0 * L, streak_factor * (L + 4 * psf_sigma))) & \
-        (a > 4.0 * b)
-    sharp = (b < sharp_factor * psf_sigma) | (peak_frac > 2.5 * psf_peak)
-    trail_shape = (np.abs(length - L) < 0.5 * L + 3 * psf_sigma) & (dang < np.radians(10.0)) & \
-        (a > 2.0 * b)
-    round_psf = (a < 1.6 * b) & (a > 0.6 * psf_sigma) & (a < 2.5 * psf_sigma)
-    fwhm = 2.3548 * psf_sigma
-    margin = max(edge, int(np.ceil(2 * fwhm)))
-    near_edge = ((objs["xmin"] <= margin) | (objs["ymin"] <= margin) |
-                 (objs["xmax"] >= nx - 1 - margin) | (objs["ymax"] >= ny - 1 - margin))
-    extension = np.zeros(k)
-    cand = np.flatnonzero(round_psf & ~near_edge)
-    if cand.size:
-        extension[cand] = _extension(data, x[cand], y[cand], psf_flux[cand],
-                                     np.broadcast_to(np.asarray(noise_at, float), (k,))[cand],
-                                     geom, fwhm, trail_pixels)
-    if mask is not None and cand.size:
-        # next to masked pixels (a bad column's end, a bleed trail) a "point" is an artefact
-        off = np.arange(-3, 4)
-        iy = np.clip(np.rint(y[cand]).astype(np.int64)[:, None, None] + off[None, :, None],
-                     0, ny - 1)
-        ix = np.clip(np.rint(x[cand]).astype(np.int64)[:, None, None] + off[None, None, :],
-                     0, nx - 1)
-        near_mask = np.zeros(k, bool)
-        near_mask[cand] = mask[iy, ix].any(axis=(1, 2))
-        round_psf = round_psf & ~near_mask
-    point = round_psf & ~near_edge & (extension < 2.0)
-    cls[trail_shape] = "trail"
-    cls[trail_of >= 0] = "trail"
-    cls[round_psf & ~near_edge & (extension >= 2.0)] = "trail"
-    # a round, PSF-sized source without light along the drift is a point source even where the
-    # trail detector found a (short) "trail" in it
-    cls[point] = "point"
-    cls[sharp & (trail_of < 0)] = "cosmic_ray"
-    cls[streak] = "streak"
-    line_theta = np.full(k, np.nan)
-    line_rho = np.full(k, np.nan)
-    for i in np.flatnonzero(streak):  # streaks are rare: a few per CCD at most
-        line_theta[i], line_rho[i] = _hough_line(seg, int(objs["label"][i]), objs[i])
-    return Sources(x=x, y=y, a=a, b=b, theta=theta, length=length,
-                   npix=objs["npix"].astype(np.int64), flux=objs["flux"].astype(float),
-                   snr=np.asarray(snr, float), psf_flux=np.asarray(psf_flux, float),
-                   cls=cls.astype(str), trail=trail_of, line_theta=line_theta,
-                   line_rho=line_rho, extension=extension)
-
-
-def _segment(data: np.ndarray, noise: float, mask: np.ndarray | None, psf_sigma: float,
-             detect_snr: float, minarea: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segment the image and measure every segment's moments (what sep.extract gives).
-
-    Detection: a Gaussian PSF-matched filter (separable), thresholded at ``detect_snr`` times
-    the filtered noise, connected components (8-connected). Measurement on the unfiltered
-    pixels of each segment (negative values weigh zero in the moments), by weighted bincounts
-    over the segment pixels only: no per-object loop. (sep.extract does the same in 0.7 s on a
-    full CCD; this takes a third of that.)
-
-    Returns
-    -------
-    objs : structured ndarray (k,)
-        Fields x, y, x2, y2, xy, a, b, theta, npix, peak, flux, xmin, xmax, ymin, ymax, label.
-    seg : ndarray, int32, shape (ny, nx)
-        Segment labels (0: background).
-    obj_of_label : ndarray, int64
-        Object index of each label (-1: segment dropped, smaller than ``minarea``).
+        Segmentation threshold on the PSF-matched-filter signal-to-noise ratio of a bin.
+    point_snr : float
+        Threshold of a point's excess over the light along the drift, in sigmas.
+    minarea : int
+        Smallest segment kept, pixels.
+    on_trail_px : float
+        A point this close (across the drift) to a detected trail's centre line lies on it.
+    trail_var : float
+        Relative variation of a star's light along its trail on the scale of a seeing
+        crossing (transparency and seeing): part of the noise of a point's excess over it.
+    star_ratio_max : float
+        A point on a star's trail line brighter than this many times the star's own light
+        under it (in the filtered image) is a flash, not the star's brightening: a star
+        varying that much within a seeing crossing is far less likely than a coincidence.
     """
     import scipy.ndimage as ndi
 
-    # classify_sources has already zeroed the masked pixels of ``data``
-    filt = ndi.gaussian_filter(data, psf_sigma, truncate=2.0, output=np.float32)
-    # noise of the normalised, truncated Gaussian filter
-    r = np.arange(-int(2.0 * psf_sigma + 0.5), int(2.0 * psf_sigma + 0.5) + 1)
-    k1 = np.exp(-0.5 * (r / psf_sigma) ** 2)
-    k1 /= k1.sum()
-    fnoise = noise * float((k1 ** 2).sum())  # separable: sqrt(sum k1^2)^2
+    data = np.asarray(data, dtype=np.float32)
+    ny, nx = data.shape
+    sig = float(psf_sigma)
+    noise = float(noise)
+    # --- detection on the 2 x 2 binned image ------------------------------------------------
+    binned = _bin2(data, mask)
+    sb = float(np.sqrt(sig ** 2 + 0.25)) / 2.0       # PSF sigma in bins (pixel width included)
+    k1 = _kernel1d(sb)
+    filt = ndi.gaussian_filter(binned, sb, truncate=2.0, output=np.float32)
+    fnoise = 2.0 * noise * float((k1 ** 2).sum())     # noise of the filtered 2 x 2 sums
     seg, nlab = ndi.label(filt > detect_snr * fnoise, structure=np.ones((3, 3), bool))
-    seg = seg.astype(np.int32, copy=False)
+    objs, bidx, blab = _moments(binned, seg, nlab, max(2, int(np.ceil(minarea / 4))))
+    del binned
+    k = objs.size
+    lab_of = np.full(nlab + 1, -1, np.int64)
+    lab_of[objs["label"]] = np.arange(k)
+    x, y = objs["x"].copy(), objs["y"].copy()
+    a, b, theta = objs["a"], objs["b"], objs["theta"].copy()
+    length = np.sqrt(12.0) * a
+    # trail membership: the segment under each trail centre
+    txs = np.asarray(trail_x, float)
+    tys = np.asarray(trail_y, float)
+    trail_of = np.full(k, -1, dtype=np.int64)
+    tseg = np.full(txs.size, -1, np.int64)
+    if txs.size:
+        tbx = np.floor(txs / 2).astype(np.int64)
+        tby = np.floor(tys / 2).astype(np.int64)
+        on = (tbx >= 0) & (tbx < seg.shape[1]) & (tby >= 0) & (tby < seg.shape[0])
+        tseg[on] = lab_of[seg[tby[on], tbx[on]]]
+        has = tseg >= 0
+        trail_of[tseg[has]] = np.flatnonzero(has)
+    dang = np.abs(np.angle(np.exp(2j * (theta - geom.angle_rad)))) / 2.0  # axis difference
+    L = max(geom.length_px, 1.0)
+    along = dang < np.radians(10.0)
+    long_ = length > np.where(along, 4.0 * L, streak_factor * (L + 4 * sig))
+    trail_shape = (np.abs(length - L) < 0.5 * L + 3 * sig) & along & (a > 2.0 * b)
+    cls = np.full(k, "artefact", dtype=object)
+    cls[trail_shape | (trail_of >= 0)] = "trail"
+    cls[(b < sharp_factor * sig) & (trail_of < 0) & ~trail_shape] = "cosmic_ray"
+    line_theta = np.full(k, np.nan)
+    line_rho = np.full(k, np.nan)
+    streak = np.zeros(k, bool)
+    for i in np.flatnonzero(long_):  # long segments are rare: a few per CCD
+        th, rho, span, fill = _hough_line(bidx, blab, int(objs["label"][i]), seg.shape[1])
+        # a streak is a continuous line much longer than a trail (not along the drift, where
+        # collinear trails merge): a segment as thin as the PSF, or, for a segment that has
+        # absorbed the trails it crosses (its moments are theirs too), a line of six trail
+        # lengths at least (a staircase of merged trails is neither)
+        dl = np.abs(np.angle(np.exp(2j * (th + np.pi / 2 - geom.angle_rad)))) / 2.0
+        need = 4.0 * L if dl < np.radians(10.0) else streak_factor * (L + 4 * sig)
+        if not (span > need and fill >= 0.8 and (b[i] < 2.0 * sig or span > 6.0 * L)):
+            continue
+        streak[i] = True
+        line_theta[i], line_rho[i] = th, rho
+        c, s_ = np.cos(th), np.sin(th)
+        # the line's point nearest the barycentre, and its direction
+        d = x[i] * c + y[i] * s_ - rho
+        x[i], y[i] = x[i] - d * c, y[i] - d * s_
+        theta[i] = th + np.pi / 2
+    cls[streak] = "streak"
+    # --- point sources: compact peaks standing out of the light along the drift --------------
+    pk = _peaks(data, mask, filt, bidx, fnoise, noise, gain, geom, sig, point_snr,
+                sharp_factor, trail_var)
+    del filt
+    px, py = pk["x"], pk["y"]
+    margin = max(edge, int(np.ceil(2 * 2.3548 * sig)))
+    keep = (px >= margin) & (px <= nx - 1 - margin) & (py >= margin) & (py <= ny - 1 - margin)
+    if mask is not None and px.size:
+        # next to masked pixels (a bad column's end, a bleed trail) a peak is an artefact
+        iy, ix, _ = _stamp_index(px, py, 3, mask.shape)
+        keep &= ~mask[iy, ix].any(axis=(1, 2))
+    if saturated is not None and px.size:
+        # the halo of a saturated star is structured (bleed, clipped core): 3 FWHM clear
+        iy, ix, _ = _stamp_index(px, py, int(np.ceil(3 * 2.3548 * sig)), saturated.shape)
+        keep &= ~saturated[iy, ix].any(axis=(1, 2))
+    pk = {key: v[keep] for key, v in pk.items()}
+    px, py = pk["x"], pk["y"]
+    p_on, p_self = _trail_relation(px, py, txs, tys, geom, sig, on_trail_px,
+                                   pk["steady_snr"] >= 3.0)
+    # beside a detected trail (off its line) the steady light is that trail's wing; where no
+    # trail was detected, the steady light itself says there is a star under the peak
+    p_near = _trail_relation(px, py, txs, tys, geom, sig, 3.0 * sig,
+                             np.ones(px.size, bool))[0] >= 0
+    on_star = ((p_on >= 0) | ~p_near) & (pk["steady_snr"] >= 3.0) & \
+        ~(pk["excess"] > star_ratio_max * pk["steady"])
+    pcls = np.where(pk["sharp"], "cosmic_ray", np.where(on_star, "trail", "point"))
+    # a compact excess on a star's steady light, not far brighter than the star, may be the
+    # star's own short brightening: it stays with the trail (its light curve decides)
+    pseg = lab_of[seg[np.clip(np.floor(py / 2).astype(np.int64), 0, seg.shape[0] - 1),
+                      np.clip(np.floor(px / 2).astype(np.int64), 0, seg.shape[1] - 1)]]
+    del seg
+    # a peak takes over its segment's row when the segment is not a star trail (or the
+    # segment's "trail" was the peak itself) nor a streak
+    inseg = pseg >= 0
+    s_ = np.maximum(pseg, 0)
+    absorbs = inseg & (cls[s_] != "streak") & \
+        ((cls[s_] != "trail") | ((trail_of[s_] == p_self) & (p_self >= 0)))
+    absorbed = np.zeros(k, bool)
+    absorbed[pseg[absorbs]] = True
+    # a trail detection that was a point itself belongs to the point, not to a segment
+    self_trail = p_self[p_self >= 0]
+    trail_seg = trail_of.copy()
+    trail_seg[np.isin(trail_seg, self_trail)] = -1
+    rest = ~absorbed
+    npt = px.size
+    pnpix = np.where(absorbs, objs["npix"][s_], 0)
+    return Sources(
+        x=np.concatenate([x[rest], px]), y=np.concatenate([y[rest], py]),
+        a=np.concatenate([a[rest], pk["a"]]), b=np.concatenate([b[rest], pk["b"]]),
+        theta=np.concatenate([theta[rest], pk["theta"]]),
+        length=np.concatenate([length[rest], np.sqrt(12.0) * pk["a"]]),
+        npix=np.concatenate([objs["npix"][rest], pnpix]).astype(np.int64),
+        flux=np.concatenate([objs["flux"][rest], pk["flux"]]),
+        snr=np.concatenate([np.full(int(rest.sum()), np.nan), pk["snr"]]),
+        psf_flux=np.concatenate([np.full(int(rest.sum()), np.nan), pk["flux"]]),
+        cls=np.concatenate([cls[rest].astype(str), pcls.astype(str)]),
+        trail=np.concatenate([trail_seg[rest], p_self]),
+        on_trail=np.concatenate([np.full(int(rest.sum()), -1, np.int64), p_on]),
+        line_theta=np.concatenate([line_theta[rest], np.full(npt, np.nan)]),
+        line_rho=np.concatenate([line_rho[rest], np.full(npt, np.nan)]),
+        extension=np.concatenate([np.zeros(int(rest.sum())), pk["excess_snr"]]))
+
+
+def _moments(binned: np.ndarray, seg: np.ndarray, nlab: int,
+             minbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Moments of every segment of the binned image, by bincounts over the segment bins only.
+
+    Positive bin values weigh the moments (bin centres in full-resolution pixels, plus the
+    0.25 px^2 variance of a pixel's position within its 2-px bin). Returns the objects
+    (fields x, y, a, b, theta, npix, flux, label), and the flat indices and labels of all
+    segment bins sorted by label.
+    """
+    nxb = seg.shape[1]
     idx = np.flatnonzero(seg)
-    L = seg.ravel()[idx]
-    nx = data.shape[1]
-    yy, xx = np.divmod(idx, nx)
-    v = data.ravel()[idx].astype(np.float64)
+    lab = seg.ravel()[idx]
+    # sort the segment bins by label (a radix sort when labels fit 16 bits)
+    order = np.argsort(lab.astype(np.uint16) if nlab < 65536 else lab, kind="stable")
+    idx = idx[order]
+    lab = lab[order]
+    yy, xx = np.divmod(idx, nxb)
+    xx = 2.0 * xx + 0.5
+    yy = 2.0 * yy + 0.5
+    v = binned.ravel()[idx].astype(np.float64)
     w = np.maximum(v, 0.0)
     n = nlab + 1
-    npix = np.bincount(L, minlength=n)
-    sw = np.bincount(L, w, minlength=n)
+    nb = np.bincount(lab, minlength=n)
+    sw = np.bincount(lab, w, minlength=n)
     safe = np.where(sw > 0, sw, 1.0)
-    xm = np.bincount(L, w * xx, minlength=n) / safe
-    ym = np.bincount(L, w * yy, minlength=n) / safe
-    dx = xx - xm[L]
-    dy = yy - ym[L]
-    x2 = np.bincount(L, w * dx * dx, minlength=n) / safe
-    y2 = np.bincount(L, w * dy * dy, minlength=n) / safe
-    xy = np.bincount(L, w * dx * dy, minlength=n) / safe
+    xm = np.bincount(lab, w * xx, minlength=n) / safe
+    ym = np.bincount(lab, w * yy, minlength=n) / safe
+    dx = xx - xm[lab]
+    dy = yy - ym[lab]
+    x2 = np.bincount(lab, w * dx * dx, minlength=n) / safe + 0.25
+    y2 = np.bincount(lab, w * dy * dy, minlength=n) / safe + 0.25
+    xy = np.bincount(lab, w * dx * dy, minlength=n) / safe
     half = 0.5 * (x2 + y2)
-    root = np.sqrt(np.maximum((0.5 * (x2 - y2)) ** 2 + xy * xy, 0.0))
-    labels = np.arange(n)
-    keep = (npix >= minarea) & (sw > 0)
+    root = np.sqrt((0.5 * (x2 - y2)) ** 2 + xy * xy)
+    keep = (nb >= minbins) & (sw > 0)
     keep[0] = False
-    sel = labels[keep]
-    # peak per label: sort the segment pixels by label (a stable integer sort), then one
-    # maximum.reduceat over the runs; ndi.maximum is several times slower
-    order = np.argsort(L, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(npix[1:])[:-1]])
-    if L.size:
-        peak = np.maximum.reduceat(v[order], starts)[sel - 1]
-        # bounding boxes from the same runs (ndi.find_objects rescans the whole image)
-        xs, ys = xx[order], yy[order]
-        box = np.stack([np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts),
-                        np.minimum.reduceat(xs, starts), np.maximum.reduceat(xs, starts)],
-                       axis=1)[sel - 1].astype(np.int64)
-    else:
-        peak = np.zeros(0)
-        box = np.zeros((0, 4), np.int64)
+    sel = np.flatnonzero(keep)
     objs = np.zeros(sel.size, dtype=[
-        ("x", "f8"), ("y", "f8"), ("x2", "f8"), ("y2", "f8"), ("xy", "f8"), ("a", "f8"),
-        ("b", "f8"), ("theta", "f8"), ("npix", "i8"), ("peak", "f8"), ("flux", "f8"),
-        ("xmin", "i8"), ("xmax", "i8"), ("ymin", "i8"), ("ymax", "i8"), ("label", "i8")])
+        ("x", "f8"), ("y", "f8"), ("a", "f8"), ("b", "f8"), ("theta", "f8"), ("npix", "i8"),
+        ("flux", "f8"), ("label", "i8")])
     objs["x"], objs["y"] = xm[sel], ym[sel]
-    objs["x2"], objs["y2"], objs["xy"] = x2[sel], y2[sel], xy[sel]
     objs["a"] = np.sqrt(half + root)[sel]
     objs["b"] = np.sqrt(np.maximum(half - root, 0.0))[sel]
     objs["theta"] = (0.5 * np.arctan2(2 * xy, x2 - y2))[sel]
-    objs["npix"] = npix[sel]
-    objs["peak"] = peak
-    objs["flux"] = np.bincount(L, v, minlength=n)[sel]
-    objs["ymin"], objs["ymax"], objs["xmin"], objs["xmax"] = box.T
+    objs["npix"] = 4 * nb[sel]
+    objs["flux"] = np.bincount(lab, v, minlength=n)[sel]
     objs["label"] = sel
-    obj_of_label = np.full(n, -1, dtype=np.int64)
-    obj_of_label[sel] = np.arange(sel.size)
-    return objs, seg, obj_of_label
+    return objs, idx, lab
 
 
-def _extension(data: np.ndarray, x: np.ndarray, y: np.ndarray, psf_flux: np.ndarray,
-               noise: np.ndarray, geom: DriftGeometry, fwhm: float,
-               exclude: np.ndarray | None = None) -> np.ndarray:
-    """Light along the drift beyond 1.5 FWHM from each source, in sigmas (0 if < 0.3 x PSF flux).
+def _peaks(data: np.ndarray, mask: np.ndarray | None, filt: np.ndarray, bidx: np.ndarray,
+           fnoise: float, noise: float, gain: float | None, geom: DriftGeometry, sig: float,
+           point_snr: float, sharp_factor: float, trail_var: float) -> dict[str, np.ndarray]:
+    """Compact peaks of the filtered binned image that stand out of the light along the drift.
 
-    A box as long as a trail, centred on the source, minus its central +-1.5 FWHM: a point
-    source leaves only its PSF wings there (a few per cent of its flux), a fragment of a faint
-    trail leaves the rest of the trail.
+    Returns per peak (full-resolution pixels): x, y, excess (filtered excess over the light
+    along the drift), excess_snr, steady (the light along the drift beyond the peak's own
+    wings, filtered units) and steady_snr, flux and snr (PSF fit of the full-resolution
+    pixels, the light along the drift subtracted where there is some), a, b, theta (moments
+    of that light), sharp (sharper than the PSF).
     """
-    from driftwatch.science.photometry import trail_grid
-
+    nyb, nxb = filt.shape
+    f = filt.ravel()
+    fc = f[bidx]
+    n = f.size
+    is_max = np.ones(bidx.size, bool)
+    for o in (1, nxb - 1, nxb, nxb + 1):  # strict on one side, so a plateau gives one peak
+        is_max &= fc > f[np.minimum(bidx + o, n - 1)]
+        is_max &= fc >= f[np.maximum(bidx - o, 0)]
+    p = bidx[is_max]
+    f0 = f[p]
+    pby, pbx = np.divmod(p, nxb)
+    fl, fr = f[np.maximum(p - 1, 0)], f[np.minimum(p + 1, n - 1)]
+    fd, fu = f[np.maximum(p - nxb, 0)], f[np.minimum(p + nxb, n - 1)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ddx = np.nan_to_num(np.clip(0.5 * (fl - fr) / (fl - 2 * f0 + fr), -0.5, 0.5))
+        ddy = np.nan_to_num(np.clip(0.5 * (fd - fu) / (fd - 2 * f0 + fu), -0.5, 0.5))
+    xb = pbx + ddx
+    yb = pby + ddy
+    # the light along the drift k pixels before and after the peak
+    kpx = 3.7 * sig
+    kb = kpx / 2.0
     ux, uy = geom.unit
-    L = geom.length_px
-    h = int(np.ceil(fwhm))
-    g = trail_grid(x - ux * L / 2, y - uy * L / 2, geom, h, data.shape, pad=h)
-    sc = g.s - L / 2  # along-trail distance from the source
-    outer = g.inside & (np.abs(sc)[:, :, None] > 1.5 * fwhm)
-    if exclude is not None:
-        outer &= ~exclude[g.iy.clip(0, data.shape[0] - 1), g.ix.clip(0, data.shape[1] - 1)]
-    vals = np.where(outer, data[g.iy.clip(0, data.shape[0] - 1),
-                                g.ix.clip(0, data.shape[1] - 1)], 0.0)
-    npix = outer.sum(axis=(1, 2))
-    ext = vals.sum(axis=(1, 2))
-    sigma_box = noise * np.sqrt(np.maximum(npix, 1))
-    return np.where(ext > 0.3 * np.abs(psf_flux), ext / sigma_box, 0.0)
+    ahead = _bilinear(filt, xb + kb * ux, yb + kb * uy)
+    behind = _bilinear(filt, xb - kb * ux, yb - kb * uy)
+    level = np.maximum(ahead, behind)
+    excess = f0 - level
+    # noise of the filtered image there: sky, plus the photon noise of the light under the
+    # peak (the filtered 2 x 2 sums are four times the mean pixel value)
+    var_pix = noise ** 2 + np.maximum(level, 0.0) / 4.0 / (gain if gain else np.inf)
+    fsig = fnoise * np.sqrt(var_pix) / noise
+    # a star's light varies along its trail with transparency and seeing (a few per cent
+    # over a seeing crossing): an excess must stand out of that as well
+    excess_snr = excess / np.hypot(fsig * np.sqrt(2.0), trail_var * np.maximum(level, 0.0))
+    sel = np.flatnonzero(excess_snr >= point_snr)
+    xb, yb, f0, excess, excess_snr, level, fsig = (
+        v[sel] for v in (xb, yb, f0, excess, excess_snr, level, fsig))
+    # compact in every direction: a streak's ridge keeps its light along its own direction
+    rmin = excess.copy()
+    wing = np.zeros_like(excess)
+    for j, th in enumerate(_DIRECTIONS[1:], start=1):
+        cx = np.cos(geom.angle_rad + th)
+        cy = np.sin(geom.angle_rad + th)
+        nb = np.maximum(_bilinear(filt, xb + kb * cx, yb + kb * cy),
+                        _bilinear(filt, xb - kb * cx, yb - kb * cy))
+        rmin = np.minimum(rmin, f0 - nb)
+        if j == _DIRECTIONS.size // 2:
+            wing = nb  # across the drift: the peak's own wings (and nothing else, mostly)
+    compact = rmin >= 0.5 * excess
+    sel = np.flatnonzero(compact)
+    xb, yb, f0, excess, excess_snr, level, fsig, wing = (
+        v[sel] for v in (xb, yb, f0, excess, excess_snr, level, fsig, wing))
+    steady = np.maximum(level - wing, 0.0)
+    steady_snr = steady / (fsig * np.sqrt(2.0))
+    x = 2.0 * xb + 0.5
+    y = 2.0 * yb + 0.5
+    # full resolution: the light along the drift subtracted (where there is some), centroid,
+    # PSF flux, moments and sharpness
+    h = int(np.ceil(3 * sig))
+    iy, ix, inside = _stamp_index(x, y, h, data.shape)
+    iy, ix = np.broadcast_arrays(iy, ix)
+    vals = data[iy, ix].astype(np.float64)
+    # (a stamp's width away along the drift on both sides, clear of the peak's core)
+    sx, sy = int(round((2 * h + 1) * ux)), int(round((2 * h + 1) * uy))
+    sub = level / (fsig * np.sqrt(2.0)) >= 3.0
+    if sub.any():
+        ny, nx = data.shape
+        a1 = data[(iy + sy).clip(0, ny - 1), (ix + sx).clip(0, nx - 1)]
+        a2 = data[(iy - sy).clip(0, ny - 1), (ix - sx).clip(0, nx - 1)]
+        vals = np.where(sub[:, None, None], vals - 0.5 * (a1 + a2), vals)
+    if mask is not None:
+        inside = inside & ~mask[iy, ix]
+    vals = np.where(inside, vals, 0.0)
+    x, y = _psf_peak(vals, ix[:, h, h], iy[:, h, h], sig, h)
+    var_pix = noise ** 2 + np.maximum(level, 0.0) / 4.0 / (gain if gain else np.inf)
+    pnoise = np.sqrt(var_pix) * np.where(sub, np.sqrt(1.5), 1.0)
+    flux, snr = _psf_fit(vals, inside, ix, iy, x, y, sig, pnoise)
+    # moments of the central 7 x 7 (positive pixels above 1 sigma)
+    c7 = slice(h - 3, h + 4)
+    w7 = np.where(vals[:, c7, c7] > pnoise[:, None, None], vals[:, c7, c7], 0.0)
+    s7 = np.maximum(w7.sum(axis=(1, 2)), 1e-30)
+    dx = ix[:, c7, c7] - x[:, None, None]
+    dy = iy[:, c7, c7] - y[:, None, None]
+    x2 = (w7 * dx * dx).sum(axis=(1, 2)) / s7
+    y2 = (w7 * dy * dy).sum(axis=(1, 2)) / s7
+    xy = (w7 * dx * dy).sum(axis=(1, 2)) / s7
+    half = 0.5 * (x2 + y2)
+    root = np.sqrt((0.5 * (x2 - y2)) ** 2 + xy * xy)
+    pa = np.sqrt(half + root)
+    pb = np.sqrt(np.maximum(half - root, 0.0))
+    ptheta = 0.5 * np.arctan2(2 * xy, x2 - y2)
+    peak = vals[:, h - 1:h + 2, h - 1:h + 2].max(axis=(1, 2))
+    psf_peak = 1.0 / (2 * np.pi * sig ** 2)
+    sharp = (pb < sharp_factor * sig) | (peak > 3.0 * psf_peak * np.maximum(flux, 1e-30))
+    return {"x": x, "y": y, "excess": excess, "excess_snr": excess_snr, "steady": steady,
+            "steady_snr": steady_snr, "flux": flux, "snr": snr, "a": pa, "b": pb,
+            "theta": ptheta, "sharp": sharp}
 
 
-def _hough_line(seg: np.ndarray, label: int, obj: np.void,
-                max_pixels: int = 4000) -> tuple[float, float]:
-    """Return (theta, rho) of the strongest straight line through a segment's pixels."""
-    y0, y1, x0, x1 = int(obj["ymin"]), int(obj["ymax"]), int(obj["xmin"]), int(obj["xmax"])
-    yy, xx = np.nonzero(seg[y0:y1 + 1, x0:x1 + 1] == label)
+def _psf_peak(vals: np.ndarray, x0: np.ndarray, y0: np.ndarray, sig: float,
+              h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Position of the PSF-correlation maximum within +-2 px of each stamp's centre.
+
+    ``vals`` (k, 2h+1, 2h+1) are stamps centred on pixels (x0, y0); the correlation with a
+    Gaussian PSF is computed at integer offsets, its maximum refined by a parabola.
+    """
+    r = 3
+    g = np.exp(-0.5 * np.arange(-r, r + 1) ** 2 / sig ** 2)
+    kern = np.outer(g, g)
+    score = np.empty((vals.shape[0], 5, 5))
+    for oy in range(-2, 3):
+        for ox in range(-2, 3):
+            win = vals[:, h + oy - r:h + oy + r + 1, h + ox - r:h + ox + r + 1]
+            score[:, oy + 2, ox + 2] = (win * kern).sum(axis=(1, 2))
+    best = score.reshape(len(score), 25).argmax(axis=1)
+    by, bx = np.divmod(best, 5)
+    byc, bxc = by.clip(1, 3), bx.clip(1, 3)
+    i = np.arange(len(score))
+    c0 = score[i, byc, bxc]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dx = 0.5 * (score[i, byc, bxc - 1] - score[i, byc, bxc + 1]) / \
+            (score[i, byc, bxc - 1] - 2 * c0 + score[i, byc, bxc + 1])
+        dy = 0.5 * (score[i, byc - 1, bxc] - score[i, byc + 1, bxc]) / \
+            (score[i, byc - 1, bxc] - 2 * c0 + score[i, byc + 1, bxc])
+    dx = np.nan_to_num(np.clip(dx, -1.0, 1.0))
+    dy = np.nan_to_num(np.clip(dy, -1.0, 1.0))
+    return x0 + bxc - 2 + dx, y0 + byc - 2 + dy
+
+
+def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarray,
+                    geom: DriftGeometry, sig: float, on_px: float,
+                    steady: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each peak, a detected trail whose centre line it lies on.
+
+    Returns ``on_trail`` (a star's trail: light along the drift beyond the peak's wings) and
+    ``self_trail`` (a trail detection that is the peak itself: no such light), -1 where none.
+    """
+    on_trail = np.full(px.size, -1, np.int64)
+    self_trail = np.full(px.size, -1, np.int64)
+    if px.size == 0 or tx.size == 0:
+        return on_trail, self_trail
+    ux, uy = geom.unit
+    half = 0.5 * geom.length_px + 2 * sig
+    order = np.argsort(tx)
+    txs, tys = tx[order], ty[order]
+    # trails whose centre is within half a trail (plus PSF) in x: a sorted window per point
+    reach = half * abs(ux) + on_px + 1.0
+    lo = np.searchsorted(txs, px - reach)
+    hi = np.searchsorted(txs, px + reach)
+    cnt = hi - lo
+    pid = np.repeat(np.arange(px.size), cnt)
+    tid = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+    dxs = txs[tid] - px[pid]
+    dys = tys[tid] - py[pid]
+    along = np.abs(dxs * ux + dys * uy)
+    across = np.abs(-dxs * uy + dys * ux)
+    ok = (along <= half) & (across <= on_px)
+    if not ok.any():
+        return on_trail, self_trail
+    pid, tid, across = pid[ok], tid[ok], across[ok]
+    # the nearest line first: assign in order of decreasing distance so the nearest wins
+    o = np.argsort(-across)
+    best = np.full(px.size, -1, np.int64)
+    best[pid[o]] = order[tid[o]]
+    hit = best >= 0
+    on_trail[hit & steady] = best[hit & steady]
+    self_trail[hit & ~steady] = best[hit & ~steady]
+    return on_trail, self_trail
+
+
+def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
+                max_pixels: int = 4000) -> tuple[float, float, float, float]:
+    """Strongest straight line through a segment's bins: (theta, rho, span, fill).
+
+    The line is ``x cos(theta) + y sin(theta) = rho`` (full-resolution pixels); ``span`` is
+    the extent along it of the bins within 2.5 px of it, ``fill`` the fraction of 2-px steps
+    along that extent holding one of them.
+    """
+    lo, hi = np.searchsorted(blab, [label, label + 1])
+    yy, xx = np.divmod(bidx[lo:hi], nxb)
+    xx = 2.0 * xx + 0.5
+    yy = 2.0 * yy + 0.5
     if xx.size > max_pixels:
         pick = np.linspace(0, xx.size - 1, max_pixels).astype(np.int64)
-        xx, yy = xx[pick], yy[pick]
-    xx = xx + x0
-    yy = yy + y0
+        xs, ys = xx[pick], yy[pick]
+    else:
+        xs, ys = xx, yy
     thetas = np.radians(np.arange(0.0, 180.0, 0.5))
-    rho = xx[:, None] * np.cos(thetas)[None, :] + yy[:, None] * np.sin(thetas)[None, :]
+    rho = xs[:, None] * np.cos(thetas)[None, :] + ys[:, None] * np.sin(thetas)[None, :]
     rbin = 2.0
     rmin = rho.min()
     ri = ((rho - rmin) / rbin).astype(np.int64)
@@ -379,7 +634,15 @@ def _hough_line(seg: np.ndarray, label: int, obj: np.void,
                         minlength=nr * thetas.size)
     best = int(np.argmax(votes))
     ti, rj = divmod(best, nr)
-    return float(thetas[ti]), float(rmin + (rj + 0.5) * rbin)
+    th, r0 = float(thetas[ti]), float(rmin + (rj + 0.5) * rbin)
+    c, s_ = np.cos(th), np.sin(th)
+    on = np.abs(xx * c + yy * s_ - r0) <= 2.5
+    if not on.any():
+        return th, r0, 0.0, 0.0
+    t = -xx[on] * s_ + yy[on] * c
+    span = float(t.max() - t.min())
+    steps = np.unique(np.floor((t - t.min()) / 2.0)).size
+    return th, r0, span, steps / (span / 2.0 + 1.0)
 
 
 def streak_mask(shape: tuple[int, int], sources: Sources, *, half_width: float,

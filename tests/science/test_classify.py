@@ -9,15 +9,17 @@ from tests.science._science2_synth import geometry, pix_gauss, render
 
 SIG = 1.8
 NOISE = float(np.sqrt(100 * 4 + 49) / 4)
+#: total ADU of a point source of PSF-fit S/N 1
+UNIT = NOISE * np.sqrt(4 * np.pi) * SIG
 
 
-def _scene(seed: int):
+def _scene(seed: int, rate: float = 3000.0):
     g = geometry()
     rng = np.random.default_rng(seed)
     ny, nx = 420, 320
     x0 = rng.uniform(60, 290, 12)
     y0 = np.arange(12) * 30 + 15 + rng.uniform(-0.5, 0.5, 12)
-    img = render((ny, nx), x0, y0, g, np.full(12, 3000.0), SIG, sky=0.0, rng=None).astype(float)
+    img = render((ny, nx), x0, y0, g, np.full(12, rate), SIG, sky=0.0, rng=None).astype(float)
     return g, rng, img, x0, y0
 
 
@@ -26,22 +28,71 @@ def _noisy(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (e / 4 - 100).astype(np.float32)
 
 
+def _point(img: np.ndarray, x: float, y: float, flux: float) -> None:
+    ny, nx = img.shape
+    img += flux * np.outer(pix_gauss(np.arange(ny), y, SIG), pix_gauss(np.arange(nx), x, SIG))
+
+
+def _near(src, x: float, y: float) -> int:
+    return int(np.argmin(np.hypot(src.x - x, src.y - y)))
+
+
 def test_flash_cosmic_ray_and_trails_are_told_apart():
     g, rng, img, x0, y0 = _scene(1)
-    ny, nx = img.shape
-    flux = 12 * NOISE * np.sqrt(4 * np.pi) * SIG           # a flash of PSF S/N ~12
     fx, fy = 160.4, 30.0 + 15.0                              # between two trails
-    img += flux * np.outer(pix_gauss(np.arange(ny), fy, SIG), pix_gauss(np.arange(nx), fx, SIG))
+    _point(img, fx, fy, 12 * UNIT)                           # a flash of PSF S/N ~12
     img[200 + 15, 31] += 500.0                               # a cosmic ray: two sharp pixels
     img[200 + 16, 31] += 300.0
     xc = x0 + g.dx_dt * g.exptime / 2
-    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0)
-    near = lambda x, y: int(np.argmin(np.hypot(src.x - x, src.y - y)))  # noqa: E731
-    assert src.cls[near(fx, fy)] == "point"
-    assert src.snr[near(fx, fy)] > 8
-    assert src.cls[near(31, 215.5)] == "cosmic_ray"
+    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0,
+                           gain=4.0)
+    j = _near(src, fx, fy)
+    assert src.cls[j] == "point" and src.snr[j] > 8
+    assert np.hypot(src.x[j] - fx, src.y[j] - fy) < 1.0
+    assert src.cls[_near(src, 31, 215.5)] == "cosmic_ray"
     for x, y in zip(xc, y0):
-        assert src.cls[near(x, y)] == "trail"
+        assert src.cls[_near(src, x, y)] == "trail"
+    assert ((src.cls == "point") & (src.snr > 6)).sum() == 1
+
+
+def test_flash_on_a_trail_is_found_and_the_trail_kept():
+    g, rng, img, x0, y0 = _scene(5, rate=300.0)            # trails of S/N ~60
+    xc = x0 + g.dx_dt * g.exptime / 2
+    # flashes that merge with a trail's light: on its line (far brighter than the star under
+    # it) and beside it (4.5 px across, about as bright as the star there)
+    on = (xc[3] + 5.0, y0[3])
+    beside = (xc[7] - 6.0, y0[7] + 4.5)
+    _point(img, *on, 200 * UNIT)
+    _point(img, *beside, 25 * UNIT)
+    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0,
+                           gain=4.0)
+    # (the flank of the trail pulls the position of the one beside it a little)
+    for (x, y), tol in ((on, 0.5), (beside, 1.5)):
+        j = _near(src, x, y)
+        assert src.cls[j] == "point", (x, y)
+        assert np.hypot(src.x[j] - x, src.y[j] - y) < tol
+        assert src.trail[j] == -1                      # the trail is a star, not the flash
+    assert src.on_trail[_near(src, *on)] == 3
+    # the trails stay trails: their segments are still there
+    for x, y in zip(xc, y0):
+        assert "trail" in set(src.cls[np.hypot(src.x - x, src.y - y) < 8])
+    assert ((src.cls == "point") & (src.snr > 6)).sum() == 2
+
+
+def test_short_brightening_of_a_star_is_not_a_flash():
+    g = geometry()
+    rng = np.random.default_rng(6)
+    x0 = np.array([150.0])
+    y0 = np.array([40.0])
+
+    def light(i, t):  # +40 % for 0.3 s: as compact along the trail as a flash
+        return 1.0 + 0.4 * (np.abs(t - 9.0) < 0.15)
+
+    img = render((80, 260), x0, y0, g, np.array([20000.0]), SIG, sky=100.0, rng=rng,
+                 light=light) - 100.0
+    xc = x0 + g.dx_dt * g.exptime / 2
+    src = classify_sources(img, NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0, gain=4.0)
+    assert not (src.cls == "point").any()
 
 
 def test_fragment_of_a_faint_trail_is_not_a_flash():
@@ -55,6 +106,28 @@ def test_fragment_of_a_faint_trail_is_not_a_flash():
                                trail_x=np.zeros(0), trail_y=np.zeros(0))
         hits += int(((src.cls == "point") & (src.snr > 6)).sum())
     assert hits == 0
+
+
+def test_streak_across_trails_is_one_streak_on_its_line():
+    g, rng, img, x0, y0 = _scene(7)
+    ny, nx = img.shape
+    yy = np.arange(ny)[:, None]
+    xx = np.arange(nx)[None, :]
+    # a bright line at 40 degrees crossing several trails: one segment with them
+    ang = np.radians(40.0)
+    d = (xx - 20) * np.sin(ang) - (yy - 40) * np.cos(ang)
+    img += 60.0 * np.exp(-0.5 * (d / SIG) ** 2)
+    xc = x0 + g.dx_dt * g.exptime / 2
+    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0)
+    st = np.flatnonzero(src.cls == "streak")
+    assert st.size >= 1
+    for i in st:  # reported on the line, with its direction
+        assert abs(np.angle(np.exp(2j * (src.theta[i] - ang)))) / 2 < np.radians(2)
+        assert abs((src.x[i] - 20) * np.sin(ang) - (src.y[i] - 40) * np.cos(ang)) < 3
+    # its crossings with trails are not flashes
+    pts = np.flatnonzero(src.cls == "point")
+    dist = np.abs((src.x[pts] - 20) * np.sin(ang) - (src.y[pts] - 40) * np.cos(ang))
+    assert (dist > 10).all()
 
 
 def test_streak_found_by_hough_even_across_trails():
