@@ -747,6 +747,7 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     py = (iy + 0.5) * bin_px - 0.5
     thetas = np.radians(np.arange(0.0, 180.0, 0.5))
     ct, st = np.cos(thetas), np.sin(thetas)
+    ct32, st32 = ct.astype(np.float32), st.astype(np.float32)
     out: list[tuple[float, float, float, float, float, int]] = []
     alive = np.ones(px.size, bool)
     for _ in range(max_lines):
@@ -754,14 +755,15 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
             break
         x, y = px[alive], py[alive]
         # the plain expressions' arithmetic, in place (the (points, angles) arrays are big)
-        rho = np.multiply(x[:, None], ct[None, :])
-        rho += y[:, None] * st[None, :]
+        # float32 / int32: half the memory traffic of the (points, angles) arrays
+        rho = np.multiply(x.astype(np.float32)[:, None], ct32[None, :])
+        rho += y.astype(np.float32)[:, None] * st32[None, :]
         rmin = float(rho.min())
-        rho -= rmin
-        rho /= bin_px
-        ri = rho.astype(np.int64)
+        rho -= np.float32(rmin)
+        rho *= np.float32(1.0 / bin_px)
+        ri = rho.astype(np.int32)
         nr = int(ri.max()) + 1
-        ri += nr * np.arange(thetas.size)[None, :]
+        ri += (nr * np.arange(thetas.size, dtype=np.int32))[None, :]
         votes = np.bincount(ri.ravel(), minlength=nr * thetas.size)
         if drift_angle is not None:
             # the line's direction is theta + 90 degrees
