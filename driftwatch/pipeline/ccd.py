@@ -109,7 +109,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.astrometry import match_trails
     from driftwatch.science.background import mask_from_dq, measure_background
     from driftwatch.science.classify import (
-        classify_sources, find_streaks, line_mask, streak_mask,
+        bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
     )
     from driftwatch.science.events import duration_grid, search_events
     from driftwatch.science.geometry import drift_geometry
@@ -179,10 +179,13 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         data = image - bg.full_back()
         # streaks (code 8) stay visible: they are classified, then masked along their line
         cls_mask = mask if dq is None else mask & (dq != 5)
+        binned = bin2x2(data, cls_mask)  # the detection image, reused by find_streaks
         src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
-                               saturated=sat_mask, gain=ccd.gain)
-        lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad)
+                               saturated=sat_mask, gain=ccd.gain, binned=binned)
+        lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad,
+                             binned2=binned)
+        del binned
         del data
         # a "trail" whose source is a round point (a flash the detector took for a short
         # trail) is not a star: no light curve search, its flash comes from classification

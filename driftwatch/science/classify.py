@@ -49,8 +49,8 @@ import numpy as np
 
 from driftwatch.science.geometry import DriftGeometry
 
-__all__ = ["CLASSES", "Sources", "StreakLines", "classify_sources", "find_streaks", "line_mask",
-           "psf_photometry", "streak_mask"]
+__all__ = ["CLASSES", "Sources", "StreakLines", "bin2x2", "classify_sources", "find_streaks",
+           "line_mask", "psf_photometry", "streak_mask"]
 
 CLASSES: tuple[str, ...] = ("trail", "point", "streak", "cosmic_ray", "artefact")
 
@@ -178,8 +178,14 @@ def _kernel1d(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def _bin2(data: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Sum 2 x 2 blocks of ``data`` (an odd last row/column dropped), masked pixels as zero."""
+def bin2x2(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Sum 2 x 2 blocks of ``data`` (an odd last row/column dropped), masked pixels as zero.
+
+    Returns
+    -------
+    ndarray, float32, shape (ny // 2, nx // 2)
+        The detection image of :func:`classify_sources`; :func:`find_streaks` reuses it.
+    """
     ny, nx = data.shape
     out = np.zeros((ny // 2, nx // 2), np.float32)
     for dy in (0, 1):
@@ -214,7 +220,8 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
                      detect_snr: float = 4.5, point_snr: float = 5.0, minarea: int = 5,
                      streak_factor: float = 2.0, sharp_factor: float = 0.55,
                      edge: int = 3, on_trail_px: float = 1.0,
-                     star_ratio_max: float = 3.0, trail_var: float = 0.07) -> Sources:
+                     star_ratio_max: float = 3.0, trail_var: float = 0.07,
+                     binned: np.ndarray | None = None) -> Sources:
     """Detect and classify every source of a background-subtracted CCD image.
 
     Parameters
@@ -247,6 +254,8 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     trail_var : float
         Relative variation of a star's light along its trail on the scale of a seeing
         crossing (transparency and seeing): part of the noise of a point's excess over it.
+    binned : ndarray, float32, shape (ny // 2, nx // 2), optional
+        ``bin2x2(data, mask)``, when the caller has it already.
     star_ratio_max : float
         A point on a star's trail line brighter than this many times the star's own light
         under it (in the filtered image) is a flash, not the star's brightening: a star
@@ -259,7 +268,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     sig = float(psf_sigma)
     noise = float(noise)
     # --- detection on the 2 x 2 binned image ------------------------------------------------
-    binned = _bin2(data, mask)
+    binned = bin2x2(data, mask) if binned is None else binned
     sb = float(np.sqrt(sig ** 2 + 0.25)) / 2.0       # PSF sigma in bins (pixel width included)
     k1 = _kernel1d(sb)
     filt = ndi.gaussian_filter(binned, sb, truncate=2.0, output=np.float32)
@@ -709,7 +718,7 @@ class StreakLines:
 def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: int = 4,
                  snr: float = 5.0, min_votes: int = 30, max_lines: int = 5,
                  drift_angle: float | None = None, drift_votes: int = 150,
-                 min_fill: float = 0.5) -> StreakLines:
+                 min_fill: float = 0.5, binned2: np.ndarray | None = None) -> StreakLines:
     """Find long straight streaks (satellites) by a Hough transform of a binned image.
 
     Star trails, bright sources and bad pixels (``masked``) are set to zero, the image is
@@ -728,16 +737,27 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         Per-pixel noise, ADU.
     masked : ndarray, bool, shape (ny, nx)
         Pixels to ignore.
+    binned2 : ndarray, float32, shape (ny // 2, nx // 2), optional
+        The image already summed in 2 x 2 blocks (:func:`bin2x2`; ``bin_px`` even): reused,
+        with a whole 2 x 2 block ignored where any of its pixels is ``masked``.
     """
     ny, nx = data.shape
     by, bx = ny // bin_px, nx // bin_px
     crop = (slice(0, by * bin_px), slice(0, bx * bin_px))
-    # bin by adding strided slices (columns, then rows): a 4-d reshape-and-sum over the
-    # short axes is several times slower on a full CCD
-    vals = np.where(masked[crop], 0.0, data[crop])
-    good = (~masked[crop]).view(np.uint8)
-    tot = _bin_sum(_bin_sum(vals, bin_px, 1), bin_px, 0)
-    cnt = _bin_sum(_bin_sum(good.astype(np.int16), bin_px, 1), bin_px, 0)
+    if binned2 is not None and bin_px % 2 == 0:
+        h = bin_px // 2
+        m = masked[crop]
+        bad = m[0::2, 0::2] | m[1::2, 0::2] | m[0::2, 1::2] | m[1::2, 1::2]
+        vals = np.where(bad, np.float32(0), binned2[:by * h, :bx * h])
+        tot = _bin_sum(_bin_sum(vals, h, 1), h, 0)
+        cnt = 4 * _bin_sum(_bin_sum((~bad).view(np.uint8).astype(np.int16), h, 1), h, 0)
+    else:
+        # bin by adding strided slices (columns, then rows): a 4-d reshape-and-sum over
+        # the short axes is several times slower on a full CCD
+        vals = np.where(masked[crop], 0.0, data[crop])
+        good = (~masked[crop]).view(np.uint8)
+        tot = _bin_sum(_bin_sum(vals, bin_px, 1), bin_px, 0)
+        cnt = _bin_sum(_bin_sum(good.astype(np.int16), bin_px, 1), bin_px, 0)
     z = tot / (noise * np.sqrt(np.maximum(cnt, 1)))
     iy, ix = np.nonzero((z > snr) & (cnt >= bin_px * bin_px // 2))
     empty = StreakLines(*(np.zeros(0) for _ in range(5)), votes=np.zeros(0, np.int64))
@@ -749,27 +769,29 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     ct, st = np.cos(thetas), np.sin(thetas)
     ct32, st32 = ct.astype(np.float32), st.astype(np.float32)
     out: list[tuple[float, float, float, float, float, int]] = []
+    # one accumulator for all points (float32 / int32: half the memory traffic of the
+    # (points, angles) arrays); a found line's points are then taken out of it
+    rho = np.multiply(px.astype(np.float32)[:, None], ct32[None, :])
+    rho += py.astype(np.float32)[:, None] * st32[None, :]
+    rmin = float(rho.min())
+    rho -= np.float32(rmin)
+    rho *= np.float32(1.0 / bin_px)
+    ri = rho.astype(np.int32)
+    del rho
+    nr = int(ri.max()) + 1
+    ri += (nr * np.arange(thetas.size, dtype=np.int32))[None, :]
+    acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
+    need_rep = None
+    if drift_angle is not None:
+        # the line's direction is theta + 90 degrees
+        dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
+        need_rep = np.repeat(np.where(dang < np.radians(3.0), drift_votes, min_votes), nr)
     alive = np.ones(px.size, bool)
     for _ in range(max_lines):
         if alive.sum() < min_votes:
             break
         x, y = px[alive], py[alive]
-        # the plain expressions' arithmetic, in place (the (points, angles) arrays are big)
-        # float32 / int32: half the memory traffic of the (points, angles) arrays
-        rho = np.multiply(x.astype(np.float32)[:, None], ct32[None, :])
-        rho += y.astype(np.float32)[:, None] * st32[None, :]
-        rmin = float(rho.min())
-        rho -= np.float32(rmin)
-        rho *= np.float32(1.0 / bin_px)
-        ri = rho.astype(np.int32)
-        nr = int(ri.max()) + 1
-        ri += (nr * np.arange(thetas.size, dtype=np.int32))[None, :]
-        votes = np.bincount(ri.ravel(), minlength=nr * thetas.size)
-        if drift_angle is not None:
-            # the line's direction is theta + 90 degrees
-            dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
-            need = np.where(dang < np.radians(3.0), drift_votes, min_votes)
-            votes = np.where(votes >= np.repeat(need, nr), votes, 0)
+        votes = acc if need_rep is None else np.where(acc >= need_rep, acc, 0)
         best = int(np.argmax(votes))
         if votes[best] < min_votes:
             break
@@ -784,6 +806,7 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         am = 0.5 * (a0 + a1)
         idx = np.flatnonzero(alive)
         alive[idx[near]] = False
+        acc -= np.bincount(ri[idx[near]].ravel(), minlength=acc.size)
         # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
         # a chance alignment of faint sources is not
         a = np.arange(a0, a1 + bin_px, bin_px / 2)
