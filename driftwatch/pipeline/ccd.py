@@ -176,24 +176,26 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     with timer.stage("classify"):
         labels = footprint_labels(det.x0, det.y0, geom, radius, image.shape)
         covered = labels[0] > 0
-        data = image - bg.full_back()
         # streaks (code 8) stay visible: they are classified, then masked along their line
         cls_mask = mask if dq is None else mask & (dq != 5)
-        binned = bin2x2(data, cls_mask)  # the detection image, reused by find_streaks
-        src = classify_sources(data, bg.global_rms, geom, psf_sigma=sigma0,
+        # the sky of each 2 x 2 block (the sky map's sample at or below it): the sky is
+        # subtracted on the binned detection image, never at full resolution
+        ny2, nx2 = image.shape[0] // 2, image.shape[1] // 2
+        sky2 = bg.back[(2 * np.arange(ny2)) // bg.step][:, (2 * np.arange(nx2)) // bg.step]
+        binned = bin2x2(image, cls_mask, sky2)  # the detection image, reused by find_streaks
+        src = classify_sources(image, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
-                               saturated=sat_mask, gain=ccd.gain, binned=binned)
-        lines = find_streaks(data, bg.global_rms, covered | mask, drift_angle=geom.angle_rad,
+                               saturated=sat_mask, gain=ccd.gain, binned=binned, sky2=sky2)
+        lines = find_streaks(image, bg.global_rms, covered | mask, drift_angle=geom.angle_rad,
                              binned2=binned)
-        del binned
-        del data
+        del binned, sky2
         # a "trail" whose source is a round point (a flash the detector took for a short
         # trail) is not a star: no light curve search, its flash comes from classification
         trail_class = np.full(n, "trail", dtype=object)
         has = src.trail >= 0
         trail_class[src.trail[has]] = np.where(src.cls[has] == "point", "point", "trail")
-        streaks = streak_mask(image.shape, src, half_width=1.5 * fwhm) | \
-            line_mask(image.shape, lines.theta, lines.rho, half_width=1.5 * fwhm)
+        streaks = line_mask(image.shape, lines.theta, lines.rho, half_width=1.5 * fwhm,
+                            out=streak_mask(image.shape, src, half_width=1.5 * fwhm))
         if streaks.any():
             # samples crossed by a satellite streak are flagged (CP code 8) and never searched
             dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()

@@ -178,8 +178,12 @@ def _kernel1d(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def bin2x2(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+def bin2x2(data: np.ndarray, mask: np.ndarray | None = None,
+           sky2: np.ndarray | None = None) -> np.ndarray:
     """Sum 2 x 2 blocks of ``data`` (an odd last row/column dropped), masked pixels as zero.
+
+    ``sky2`` (shape (ny // 2, nx // 2), ADU per pixel), when given, is subtracted from each
+    pixel of its block first: the sky need not be subtracted at full resolution.
 
     Returns
     -------
@@ -191,6 +195,8 @@ def bin2x2(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     for dy in (0, 1):
         for dx in (0, 1):
             q = data[dy:ny - ny % 2:2, dx:nx - nx % 2:2]
+            if sky2 is not None:
+                q = q - sky2
             if mask is None:
                 out += q
             else:
@@ -221,13 +227,14 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
                      streak_factor: float = 2.0, sharp_factor: float = 0.55,
                      edge: int = 3, on_trail_px: float = 1.0,
                      star_ratio_max: float = 3.0, trail_var: float = 0.07,
-                     binned: np.ndarray | None = None) -> Sources:
+                     binned: np.ndarray | None = None,
+                     sky2: np.ndarray | None = None) -> Sources:
     """Detect and classify every source of a background-subtracted CCD image.
 
     Parameters
     ----------
     data : ndarray, float32, shape (ny, nx)
-        Image minus the sky background, ADU (not modified).
+        Image minus the sky background (or with it, and ``sky2``), ADU (not modified).
     noise : float
         Per-pixel sky noise, ADU.
     geom : DriftGeometry
@@ -255,7 +262,9 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         Relative variation of a star's light along its trail on the scale of a seeing
         crossing (transparency and seeing): part of the noise of a point's excess over it.
     binned : ndarray, float32, shape (ny // 2, nx // 2), optional
-        ``bin2x2(data, mask)``, when the caller has it already.
+        ``bin2x2(data, mask, sky2)``, when the caller has it already.
+    sky2 : ndarray, shape (ny // 2, nx // 2), optional
+        Sky level (ADU per pixel) of each 2 x 2 block, when ``data`` still has the sky.
     star_ratio_max : float
         A point on a star's trail line brighter than this many times the star's own light
         under it (in the filtered image) is a flash, not the star's brightening: a star
@@ -268,7 +277,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     sig = float(psf_sigma)
     noise = float(noise)
     # --- detection on the 2 x 2 binned image ------------------------------------------------
-    binned = bin2x2(data, mask) if binned is None else binned
+    binned = bin2x2(data, mask, sky2) if binned is None else binned
     sb = float(np.sqrt(sig ** 2 + 0.25)) / 2.0       # PSF sigma in bins (pixel width included)
     k1 = _kernel1d(sb)
     filt = ndi.gaussian_filter(binned, sb, truncate=2.0, output=np.float32)
@@ -324,7 +333,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         theta[i] = th + np.pi / 2
     cls[streak] = "streak"
     # --- point sources: compact peaks standing out of the light along the drift --------------
-    pk = _peaks(data, mask, filt, bidx, fnoise, noise, gain, geom, sig, point_snr,
+    pk = _peaks(data, sky2, mask, filt, bidx, fnoise, noise, gain, geom, sig, point_snr,
                 sharp_factor, trail_var)
     del filt
     px, py = pk["x"], pk["y"]
@@ -436,7 +445,8 @@ def _moments(binned: np.ndarray, seg: np.ndarray, nlab: int,
     return objs, idx, lab
 
 
-def _peaks(data: np.ndarray, mask: np.ndarray | None, filt: np.ndarray, bidx: np.ndarray,
+def _peaks(data: np.ndarray, sky2: np.ndarray | None, mask: np.ndarray | None,
+           filt: np.ndarray, bidx: np.ndarray,
            fnoise: float, noise: float, gain: float | None, geom: DriftGeometry, sig: float,
            point_snr: float, sharp_factor: float, trail_var: float) -> dict[str, np.ndarray]:
     """Compact peaks of the filtered binned image that stand out of the light along the drift.
@@ -507,18 +517,26 @@ def _peaks(data: np.ndarray, mask: np.ndarray | None, filt: np.ndarray, bidx: np
     h = int(np.ceil(3 * sig))
     iy, ix, inside = _stamp_index(x, y, h, data.shape)
     iy, ix = np.broadcast_arrays(iy, ix)
-    vals = data[iy, ix].astype(np.float64)
+    ny, nx = data.shape
+
+    def pixels(iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        v = data[iy, ix].astype(np.float64)
+        if sky2 is not None:
+            v -= sky2[np.minimum(iy // 2, sky2.shape[0] - 1), np.minimum(ix // 2, sky2.shape[1] - 1)]
+        return v
+
+    vals = pixels(iy, ix)
     # (a stamp's width away along the drift on both sides, clear of the peak's core)
     sx, sy = int(round((2 * h + 1) * ux)), int(round((2 * h + 1) * uy))
     sub = level / (fsig * np.sqrt(2.0)) >= 3.0
     if sub.any():
-        ny, nx = data.shape
-        a1 = data[(iy + sy).clip(0, ny - 1), (ix + sx).clip(0, nx - 1)]
-        a2 = data[(iy - sy).clip(0, ny - 1), (ix - sx).clip(0, nx - 1)]
+        a1 = pixels((iy + sy).clip(0, ny - 1), (ix + sx).clip(0, nx - 1))
+        a2 = pixels((iy - sy).clip(0, ny - 1), (ix - sx).clip(0, nx - 1))
         vals = np.where(sub[:, None, None], vals - 0.5 * (a1 + a2), vals)
     if mask is not None:
         inside = inside & ~mask[iy, ix]
-    vals = np.where(inside, vals, 0.0)
+    # (a masked pixel a stamp's width away may be non-finite)
+    vals = np.where(inside & np.isfinite(vals), vals, 0.0)
     x, y = _psf_peak(vals, ix[:, h, h], iy[:, h, h], sig, h)
     var_pix = noise ** 2 + np.maximum(level, 0.0) / 4.0 / (gain if gain else np.inf)
     pnoise = np.sqrt(var_pix) * np.where(sub, np.sqrt(1.5), 1.0)
@@ -654,12 +672,11 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
     return th, r0, span, steps / (span / 2.0 + 1.0)
 
 
-def streak_mask(shape: tuple[int, int], sources: Sources, *, half_width: float,
-                step: float = 0.5) -> np.ndarray:
+def streak_mask(shape: tuple[int, int], sources: Sources, *,
+                half_width: float) -> np.ndarray:
     """Return a boolean mask of the pixels within ``half_width`` of every streak's line.
 
-    Each ``streak`` source is its Hough line, across the whole CCD (a satellite crosses it),
-    rasterised by sampling points every ``step`` pixels along and across.
+    Each ``streak`` source is its Hough line, across the whole CCD (a satellite crosses it).
 
     Parameters
     ----------
@@ -668,27 +685,9 @@ def streak_mask(shape: tuple[int, int], sources: Sources, *, half_width: float,
     half_width : float
         Pixels on each side of the line (e.g. 1.5 FWHM).
     """
-    ny, nx = shape
-    mask = np.zeros(shape, dtype=bool)
-    sel = np.flatnonzero((sources.cls == "streak") & np.isfinite(sources.line_theta))
-    if sel.size == 0:
-        return mask
-    diag = float(np.hypot(ny, nx))
-    t = np.arange(-diag, diag + step, step)
-    w = np.arange(-half_width, half_width + step, step)
-    for i in sel:  # a handful of streaks per CCD at most
-        c, s_ = np.cos(sources.line_theta[i]), np.sin(sources.line_theta[i])
-        # foot of the line nearest the source, then along the line (-s, c) and across (c, s)
-        r0 = sources.line_rho[i]
-        along0 = -sources.x[i] * s_ + sources.y[i] * c
-        fx, fy = r0 * c - along0 * s_, r0 * s_ + along0 * c
-        px = fx - t[:, None] * s_ + w[None, :] * c
-        py = fy + t[:, None] * c + w[None, :] * s_
-        ix = np.rint(px).astype(np.int64)
-        iy = np.rint(py).astype(np.int64)
-        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        mask[iy[ok], ix[ok]] = True
-    return mask
+    sel = (sources.cls == "streak") & np.isfinite(sources.line_theta)
+    return line_mask(shape, sources.line_theta[sel], sources.line_rho[sel],
+                     half_width=half_width)
 
 
 @dataclass(frozen=True)
@@ -738,8 +737,9 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     masked : ndarray, bool, shape (ny, nx)
         Pixels to ignore.
     binned2 : ndarray, float32, shape (ny // 2, nx // 2), optional
-        The image already summed in 2 x 2 blocks (:func:`bin2x2`; ``bin_px`` even): reused,
-        with a whole 2 x 2 block ignored where any of its pixels is ``masked``.
+        The background-subtracted image already summed in 2 x 2 blocks (:func:`bin2x2`;
+        ``bin_px`` even): reused, with a whole 2 x 2 block ignored where any of its pixels is
+        ``masked``; ``data`` then only gives the CCD shape.
     """
     ny, nx = data.shape
     by, bx = ny // bin_px, nx // bin_px
@@ -839,19 +839,35 @@ def _bin_sum(a: np.ndarray, n: int, axis: int) -> np.ndarray:
 
 
 def line_mask(shape: tuple[int, int], theta: np.ndarray, rho: np.ndarray, *,
-              half_width: float, step: float = 0.5) -> np.ndarray:
-    """Return a boolean mask of the pixels within ``half_width`` of lines (theta, rho)."""
+              half_width: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Return a boolean mask of the pixels within ``half_width`` (+0.5) of lines (theta, rho).
+
+    Lines are ``x cos(theta) + y sin(theta) = rho`` across the whole CCD; each is filled as
+    one run of pixels per row (per column for a line closer to the x axis). ``out`` (bool,
+    ``shape``) is marked in place and returned when given.
+    """
     ny, nx = shape
-    mask = np.zeros(shape, dtype=bool)
-    diag = float(np.hypot(ny, nx))
-    t = np.arange(-diag, 2 * diag, step)
-    w = np.arange(-half_width, half_width + step, step)
+    mask = np.zeros(shape, dtype=bool) if out is None else out
+    hw = float(half_width) + 0.5  # a pixel touched by the band counts
     for th, r0 in zip(np.atleast_1d(theta), np.atleast_1d(rho)):  # a few lines per CCD
-        c, s_ = np.cos(th), np.sin(th)
-        px = r0 * c - t[:, None] * s_ + w[None, :] * c
-        py = r0 * s_ + t[:, None] * c + w[None, :] * s_
-        ix = np.rint(px).astype(np.int64)
-        iy = np.rint(py).astype(np.int64)
-        ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        mask[iy[ok], ix[ok]] = True
+        c, s_ = float(np.cos(th)), float(np.sin(th))
+        # runs along the axis the line crosses more steeply
+        if abs(c) >= abs(s_):
+            n_run, n_len, a, b = ny, nx, c, s_      # rows: x from x c = r0 - y s
+        else:
+            n_run, n_len, a, b = nx, ny, s_, c      # columns: y from y s = r0 - x c
+        u = np.arange(n_run, dtype=float)
+        lo = (r0 - u * b - hw) / a
+        hi = (r0 - u * b + hw) / a
+        v0 = np.clip(np.ceil(np.minimum(lo, hi)), 0, n_len).astype(np.int64)
+        v1 = np.clip(np.floor(np.maximum(lo, hi)), -1, n_len - 1).astype(np.int64)
+        n = np.maximum(v1 - v0 + 1, 0)
+        if n.sum() == 0:
+            continue
+        run = np.repeat(np.arange(n_run), n)
+        pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(v0, n)
+        if abs(c) >= abs(s_):
+            mask[run, pos] = True
+        else:
+            mask[pos, run] = True
     return mask
