@@ -191,16 +191,37 @@ def bin2x2(data: np.ndarray, mask: np.ndarray | None = None,
         The detection image of :func:`classify_sources`; :func:`find_streaks` reuses it.
     """
     ny, nx = data.shape
-    out = np.zeros((ny // 2, nx // 2), np.float32)
-    for dy in (0, 1):
-        for dx in (0, 1):
-            q = data[dy:ny - ny % 2:2, dx:nx - nx % 2:2]
-            if sky2 is not None:
-                q = q - sky2
-            if mask is None:
-                out += q
-            else:
-                out += np.where(mask[dy:ny - ny % 2:2, dx:nx - nx % 2:2], np.float32(0), q)
+    ny2, nx2 = ny // 2, nx // 2
+    d = data[:2 * ny2, :2 * nx2]
+    bad = np.flatnonzero(mask[:2 * ny2, :2 * nx2]) if mask is not None else np.zeros(0, int)
+    if bad.size > d.size // 100:
+        # many masked pixels (a large bleed): zero them all, count the good ones per block
+        m = mask[:2 * ny2, :2 * nx2]
+        cols = np.where(m[:, 0::2], np.float32(0), d[:, 0::2])
+        cols += np.where(m[:, 1::2], np.float32(0), d[:, 1::2])
+        out = np.add(cols[0::2], cols[1::2])
+        if sky2 is not None:
+            mc = m[:, 0::2].view(np.uint8) + m[:, 1::2].view(np.uint8)
+            out -= (np.float32(4) - (mc[0::2] + mc[1::2])) * sky2
+        return out
+    # columns first (strided reads, contiguous rows out), then rows: contiguous both
+    cols = np.add(d[:, 0::2], d[:, 1::2], dtype=np.float32)
+    out = np.add(cols[0::2], cols[1::2])
+    del cols
+    if sky2 is not None:
+        out -= np.float32(4) * sky2
+    if bad.size:
+        # the blocks holding a masked pixel (few): summed again from their good pixels
+        by, bx = np.divmod(bad, 2 * nx2)
+        blk = np.unique((by // 2) * nx2 + bx // 2)
+        qy, qx = np.divmod(blk, nx2)
+        yy = (2 * qy)[:, None] + np.array([0, 0, 1, 1])[None, :]
+        xx = (2 * qx)[:, None] + np.array([0, 1, 0, 1])[None, :]
+        v = d[yy, xx].astype(np.float32)
+        if sky2 is not None:
+            v -= sky2[qy, qx][:, None]
+        v[mask[yy, xx]] = 0.0
+        out.ravel()[blk] = v.sum(axis=1)
     return out
 
 
@@ -635,7 +656,7 @@ def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarr
 
 
 def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
-                max_pixels: int = 4000) -> tuple[float, float, float, float]:
+                max_pixels: int = 1500) -> tuple[float, float, float, float]:
     """Strongest straight line through a segment's bins: (theta, rho, span, fill).
 
     The line is ``x cos(theta) + y sin(theta) = rho`` (full-resolution pixels); ``span`` is
@@ -746,8 +767,10 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     crop = (slice(0, by * bin_px), slice(0, bx * bin_px))
     if binned2 is not None and bin_px % 2 == 0:
         h = bin_px // 2
-        m = masked[crop]
-        bad = m[0::2, 0::2] | m[1::2, 0::2] | m[0::2, 1::2] | m[1::2, 1::2]
+        m = masked[crop].view(np.uint8)
+        pair = m[:, 0::2] | m[:, 1::2]           # columns, then contiguous rows
+        bad = (pair[0::2] | pair[1::2]).view(bool)
+        del pair
         vals = np.where(bad, np.float32(0), binned2[:by * h, :bx * h])
         tot = _bin_sum(_bin_sum(vals, h, 1), h, 0)
         cnt = 4 * _bin_sum(_bin_sum((~bad).view(np.uint8).astype(np.int16), h, 1), h, 0)
@@ -767,19 +790,23 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     py = (iy + 0.5) * bin_px - 0.5
     thetas = np.radians(np.arange(0.0, 180.0, 0.5))
     ct, st = np.cos(thetas), np.sin(thetas)
-    ct32, st32 = ct.astype(np.float32), st.astype(np.float32)
     out: list[tuple[float, float, float, float, float, int]] = []
-    # one accumulator for all points (float32 / int32: half the memory traffic of the
-    # (points, angles) arrays); a found line's points are then taken out of it
-    rho = np.multiply(px.astype(np.float32)[:, None], ct32[None, :])
-    rho += py.astype(np.float32)[:, None] * st32[None, :]
-    rmin = float(rho.min())
-    rho -= np.float32(rmin)
-    rho *= np.float32(1.0 / bin_px)
-    ri = rho.astype(np.int32)
-    del rho
-    nr = int(ri.max()) + 1
-    ri += (nr * np.arange(thetas.size, dtype=np.int32))[None, :]
+    # one accumulator for all points; a found line's points are then taken out of it. The
+    # cell index of every (point, angle) in one float32 multiply-add pass: rho / bin_px
+    # offset by a lower bound of its minimum (from the points' bounding box) plus the
+    # angle's block of cells
+    x_lo, x_hi, y_lo, y_hi = px.min(), px.max(), py.min(), py.max()
+    corners_x = np.array([x_lo, x_lo, x_hi, x_hi])[:, None]
+    corners_y = np.array([y_lo, y_hi, y_lo, y_hi])[:, None]
+    r_corner = corners_x * ct[None, :] + corners_y * st[None, :]
+    rmin = float(r_corner.min()) - bin_px
+    nr = int(np.ceil((float(r_corner.max()) - rmin) / bin_px)) + 2
+    off = (np.arange(thetas.size) * nr - rmin / bin_px).astype(np.float32)
+    # (int64 indices: bincount converts any other integer type first, slowly)
+    ri = np.multiply.outer(px.astype(np.float32), (ct / bin_px).astype(np.float32))
+    ri += np.multiply.outer(py.astype(np.float32), (st / bin_px).astype(np.float32))
+    ri += off
+    ri = ri.astype(np.int64)
     acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
     need_rep = None
     if drift_angle is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftwatch.science.classify import classify_sources, find_streaks, line_mask
+from driftwatch.science.classify import bin2x2, classify_sources, find_streaks, line_mask
 from tests.science._science2_synth import geometry, pix_gauss, render
 
 SIG = 1.8
@@ -155,3 +155,27 @@ def test_no_streak_in_a_field_of_trails():
     data = _noisy(img, rng)
     lines = find_streaks(data, NOISE, np.zeros(img.shape, bool), drift_angle=g.angle_rad)
     assert len(lines.theta) == 0
+
+
+def test_bin2x2_sums_good_pixels_minus_the_block_sky():
+    rng = np.random.default_rng(8)
+    for shape, frac in (((11, 14), 0.1), ((40, 30), 0.3)):  # few and many masked pixels
+        d = rng.normal(size=shape).astype(np.float32)
+        m = rng.uniform(size=shape) < frac
+        d[m & (rng.uniform(size=shape) < 0.5)] = np.nan      # masked pixels may be NaN
+        sky2 = rng.normal(size=(shape[0] // 2, shape[1] // 2)).astype(np.float32)
+        ref = np.zeros(sky2.shape)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                q = d[dy:2 * sky2.shape[0]:2, dx:2 * sky2.shape[1]:2] - sky2
+                ref += np.where(m[dy:2 * sky2.shape[0]:2, dx:2 * sky2.shape[1]:2], 0, q)
+        np.testing.assert_allclose(bin2x2(d, m, sky2), ref, atol=1e-5)
+
+
+def test_line_mask_marks_the_band_around_each_line():
+    shape = (120, 90)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    for th, rho in ((0.3, 40.0), (1.9, 30.0), (0.0, 45.0), (np.pi / 2, 60.0)):
+        m = line_mask(shape, np.array([th]), np.array([rho]), half_width=4.0)
+        d = np.abs(xx * np.cos(th) + yy * np.sin(th) - rho)
+        assert m[d <= 4.0].all() and not m[d > 4.6].any()
