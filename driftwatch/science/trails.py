@@ -31,7 +31,7 @@ direction of motion.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -119,6 +119,11 @@ class TrailDetections:
         Common fractional brightness change from the start to the end of the trails (the
         transparency trend over the exposure, from trails with S/N >= 50; 0 when too few),
         included in the along-trail position fit.
+    extra_length : ndarray, float64, shape (n,), or None
+        The trail's light is this many pixels longer than a single star's trail here (the
+        stacked bright trails of the CCD): a fraction of a pixel from the plate scale, the
+        separation of two stars on one line too close to be told apart when it is more.
+        0 when there were too few bright trails to know a single star's trail.
     """
 
     x0: np.ndarray
@@ -141,6 +146,11 @@ class TrailDetections:
     n_compact: int = 0
     n_streak: int = 0
     trend: float = 0.0
+    extra_length: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        if np.size(self.extra_length) != self.x0.size:  # not measured: nothing known
+            object.__setattr__(self, "extra_length", np.zeros(self.x0.size))
 
     @property
     def n(self) -> int:
@@ -494,9 +504,71 @@ def _trail_template(prof_a: np.ndarray, a: np.ndarray, ac: np.ndarray, half_len:
     return np.nan_to_num(tmpl, nan=0.0)
 
 
+def _fill_gaps(prof: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Replace the ``bad`` samples of each row by linear interpolation of its good ones.
+
+    Vectorised over rows: the nearest good sample on each side comes from running maxima
+    (minima) of the good samples' indices. Rows with no good sample are returned unchanged.
+    """
+    if not bad.any():
+        return prof
+    n, m = prof.shape
+    idx = np.broadcast_to(np.arange(m), (n, m))
+    left = np.maximum.accumulate(np.where(bad, -1, idx), axis=1)
+    right = np.minimum.accumulate(np.where(bad, m, idx)[:, ::-1], axis=1)[:, ::-1]
+    has_l, has_r = left >= 0, right < m
+    rows = np.arange(n)[:, None]
+    vl = prof[rows, np.clip(left, 0, m - 1)]
+    vr = prof[rows, np.clip(right, 0, m - 1)]
+    span = np.maximum(right - left, 1)
+    frac = (idx - left) / span
+    fill = np.where(has_l & has_r, vl + (vr - vl) * frac, np.where(has_l, vl, vr))
+    out = np.where(bad & (has_l | has_r), fill, prof)
+    return out
+
+
+def _stretch(prof_a: np.ndarray, a: np.ndarray, ac: np.ndarray,
+             template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fit each profile by the template at its centre, its amplitude and its length free.
+
+    A longer trail is, to first order, ``A (T(u) + eps D(u))`` with ``D(u) = -u T'(u)``
+    (u from the trail's centre): light added just beyond both ends. The trail length changes
+    a little across the CCD with the plate scale; two stars on one line closer than the PSF
+    can resolve make one trail longer by their separation.
+
+    Returns
+    -------
+    extra_px : ndarray, shape (n,)
+        Fitted length minus the template's, pixels (``eps`` x trail length is not used: the
+        template is what a single star draws here, so this is the excess over it).
+    stretch : ndarray, shape (n, na)
+        The fitted stretch term ``A eps D`` of each profile (subtracted before looking for a
+        second trail).
+    """
+    deriv = np.gradient(template, a)
+    u = a[None, :] - ac[:, None]
+    t_at = np.interp(u, a, template, left=0.0, right=0.0)
+    d_at = -u * np.interp(u, a, deriv, left=0.0, right=0.0)
+    g00 = np.einsum("na,na->n", t_at, t_at)
+    g01 = np.einsum("na,na->n", t_at, d_at)
+    g11 = np.einsum("na,na->n", d_at, d_at)
+    p0 = np.einsum("na,na->n", prof_a, t_at)
+    p1 = np.einsum("na,na->n", prof_a, d_at)
+    det = g00 * g11 - g01 * g01
+    ok = det > 1e-12
+    amp = np.where(ok, (g11 * p0 - g01 * p1) / np.where(ok, det, 1.0), 0.0)
+    coef = np.where(ok, (g00 * p1 - g01 * p0) / np.where(ok, det, 1.0), 0.0)
+    eps = np.where(amp > 0, coef / np.where(amp > 0, amp, 1.0), 0.0)
+    # the template's plateau spans the trail length: eps in units of its half-length
+    plateau = a[template > 0.5]
+    half = 0.5 * (plateau.max() - plateau.min()) if plateau.size else 0.0
+    return 2.0 * half * eps, coef[:, None] * d_at
+
+
 def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: float,
                      var_a: np.ndarray, threshold_sigma: float,
-                     template: np.ndarray) -> tuple[np.ndarray, ...]:
+                     template: np.ndarray,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Find detections that are two overlapping trails on one line (collinear neighbours).
 
     Two stars whose trails overlap along the drift give one ridge in the matched filter and
@@ -553,6 +625,8 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
     share = np.minimum(a1b, a2b) / np.maximum(a1b + a2b, 1e-300)
     split = (f_ratio > _SPLIT_F) & (faint / np.sqrt(var_a) >= threshold_sigma) & \
         (share >= _SPLIT_MIN_SHARE)
+    if allowed is not None:
+        split &= allowed
     rows = np.flatnonzero(split)
     if rows.size == 0:
         return empty
@@ -681,6 +755,14 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # trend, measured on the bright trails: model = box + beta * ramp (ramp = time fraction).
     wc = np.exp(-0.5 * ((c[None, :] - cc[:, None]) / sigma) ** 2)   # (n, nc)
     prof_a = np.einsum("nac,nc->na", w, wc, dtype=np.float64)
+    # samples losing much of their weight to masked pixels (a bad column, a cosmic ray)
+    # would read as a deep notch in the trail: filled from their neighbours for the model
+    # fits below (the centroid above and the aperture sums use the pixels as they are)
+    wsum = np.sum(wc, axis=1)[:, None]
+    cover_a = np.einsum("nac,nc->na", good.astype(np.float32), wc) / wsum
+    on_ccd = np.einsum("nac,nc->na", inside.astype(np.float32), wc) / wsum
+    # (beyond the CCD's edge nothing is known: those samples stay empty, not filled)
+    prof_fit = _fill_gaps(prof_a, (cover_a < 0.9) & (on_ccd >= 0.9))
     shifts = np.arange(-shift_max, shift_max + 1e-9, _SHIFT_STEP)
     rel = a[None, :] - shifts[:, None]
     v1, v2 = (rel - half_len) / sigma, (rel + half_len) / sigma
@@ -705,19 +787,34 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     var_a = background.rms_at(xi, yi).astype(np.float64) ** 2 * np.sum(wc ** 2, axis=1)
     # the template from well-measured trails only: the alignment errors of fainter ones would
     # soften its ends, and the sharper ends of bright single stars would then look split
-    template = _trail_template(prof_a, a, ac, half_len, sigma,
+    template = _trail_template(prof_fit, a, ac, half_len, sigma,
                                snr_hint >= 4 * _TREND_MIN_SNR)
-    rows, s1, s2, f1, f2 = (_collinear_split(prof_a, a, half_len, sigma, var_a, threshold,
-                                             template) if template is not None
-                            else (np.zeros(0, np.intp),) + (np.zeros(0),) * 4)
+    extra = np.zeros(n)
+    if template is not None:
+        # a trail's own length (it varies with the plate scale) is fitted first, so its ends
+        # do not pass for a second trail; what remains beyond them is one
+        extra, stretch = _stretch(prof_fit, a, ac, template)
+        # a trail running off the CCD has samples with no data where the model expects its
+        # light, which a second trail would seem to explain: such detections are not split
+        own = np.abs(a[None, :] - ac[:, None]) <= half_len + 3.0 * sigma
+        whole = np.where(own, on_ccd, 1.0).min(axis=1) >= 0.9
+        rows, s1, s2, f1, f2 = _collinear_split(prof_fit - stretch, a, half_len, sigma, var_a,
+                                                threshold, template, allowed=whole)
+    else:
+        rows, s1, s2, f1, f2 = (np.zeros(0, np.intp),) + (np.zeros(0),) * 4
     # a pair reaching past the window (one trail far along) is measured again in a window
     # centred between its two trails, where both ends of both trails are seen
     far = np.flatnonzero(np.maximum(np.abs(s1), np.abs(s2)) + half_len + 3 * sigma > amax)
     if far.size:
         shift_k = np.rint(0.5 * (s1[far] + s2[far]))
         r = rows[far]
-        w2 = gather(np.rint(xi[r] + shift_k * ux), np.rint(yi[r] + shift_k * uy))[0]
+        w2, good2, inside2 = gather(np.rint(xi[r] + shift_k * ux),
+                                    np.rint(yi[r] + shift_k * uy))[:3]
         prof2 = np.einsum("nac,nc->na", w2, wc[r], dtype=np.float64)
+        w2sum = np.sum(wc[r], axis=1)[:, None]
+        cover2 = np.einsum("nac,nc->na", good2.astype(np.float32), wc[r]) / w2sum
+        on2 = np.einsum("nac,nc->na", inside2.astype(np.float32), wc[r]) / w2sum
+        prof2 = _fill_gaps(prof2, (cover2 < 0.9) & (on2 >= 0.9))
         n1, n2, g1, g2 = _refine_pair(prof2, a, template, s1[far] - shift_k, s2[far] - shift_k)
         s1[far], s2[far] = n1 + shift_k, n2 + shift_k
         f1[far], f2[far] = g1 / (g1 + g2), g2 / (g1 + g2)
@@ -733,6 +830,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         cc, wc, prof_a = cc[parent], wc[parent], prof_a[parent]
         w, good, inside, flat = w[parent], good[parent], inside[parent], flat[parent]
         xi, yi, snr_hint = xi[parent], yi[parent], snr_hint[parent] * share
+        extra = np.where(split_of >= 0, 0.0, extra[parent])
         n = parent.size
     xc = xi + ac * ux - cc * uy
     yc = yi + ac * uy + cc * ux
@@ -810,7 +908,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         x0, y0, x1, y1 = x0 + delta * ux, y0 + delta * uy, x1 + delta * ux, y1 + delta * uy
     if not rows.size:
         share = np.ones(n)
-    return dict(parent=parent, share=share, split_of=split_of,
+    return dict(parent=parent, share=share, split_of=split_of, extra_length=extra,
                 x0=x0, y0=y0, x1=x1, y1=y1, xc=xc, yc=yc, flux=flux.astype(np.float32),
                 flux_err=np.sqrt(var).astype(np.float32), saturated=saturated, masked=masked,
                 edge=edge, compact=compact, trend=np.full(n, beta))

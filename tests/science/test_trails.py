@@ -181,3 +181,34 @@ def test_collinear_neighbours_are_split_into_two_trails():
         # alone where it overlaps the brighter trail: S/N ~ 3 per sample at 6,000 ADU, ~1 px)
         assert abs(x0[0] - x) < 0.3
         assert abs(x0[1] - (x + dx)) < 0.5
+
+
+def test_gap_filling_interpolates_masked_samples_row_by_row():
+    from driftwatch.science.trails import _fill_gaps
+
+    prof = np.array([[0.0, 10.0, 0.0, 0.0, 40.0, 50.0], [5.0, 0.0, 7.0, 8.0, 9.0, 0.0]])
+    bad = np.array([[False, False, True, True, False, False],
+                    [False, True, False, False, False, True]])
+    out = _fill_gaps(prof, bad)
+    np.testing.assert_allclose(out[0], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
+    np.testing.assert_allclose(out[1], [5.0, 6.0, 7.0, 8.0, 9.0, 9.0])   # the end: nearest
+
+
+def test_a_masked_column_does_not_hide_a_collinear_neighbour():
+    # A bad column through a bright trail is a deep notch in its along-trail profile; filled
+    # from its neighbours, it neither hides a faint collinear neighbour nor invents one.
+    rng = np.random.default_rng(13)
+    geom = _geometry()
+    L = geom.length_px
+    trails = [(x, x - L, y, f) for x, y, f in zip(rng.uniform(100, 560, 24),
+                                                  np.linspace(20, 880, 24) + rng.uniform(-2, 2, 24),
+                                                  rng.uniform(50000, 100000, 24))]
+    trails += [(240.3, 240.3 - L, 430.4, 200000.0), (256.0, 256.0 - L, 430.4, 12000.0)]
+    img = render(900, 600, trails, sigma=SIGMA, seed=4)
+    mask = np.zeros(img.shape, dtype=bool)
+    mask[:, 225] = True
+    bg = measure_background(img, mask=mask, box=64, step=1)
+    det = detect_trails(img, geom, bg, fwhm_px=FWHM, mask=mask, gain=4.0)
+    assert det.n == len(trails)
+    on_row = np.sort(det.x0[(np.abs(det.y0 - 430.4) < 1.0) & (det.x0 < 300)])
+    assert on_row.size == 2 and np.allclose(on_row, [240.3, 256.0], atol=0.5)
