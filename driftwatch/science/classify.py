@@ -172,7 +172,7 @@ def _psf_fit(vals: np.ndarray, inside: np.ndarray, ix: np.ndarray, iy: np.ndarra
 
 
 def _kernel1d(sigma: float) -> np.ndarray:
-    """Normalised Gaussian taps truncated at 2 sigma (what ``gaussian_filter(truncate=2)`` uses)."""
+    """Normalised Gaussian taps truncated at 2 sigma."""
     r = np.arange(-int(2.0 * sigma + 0.5), int(2.0 * sigma + 0.5) + 1)
     k = np.exp(-0.5 * (r / sigma) ** 2)
     return k / k.sum()
@@ -222,6 +222,24 @@ def bin2x2(data: np.ndarray, mask: np.ndarray | None = None,
             v -= sky2[qy, qx][:, None]
         v[mask[yy, xx]] = 0.0
         out.ravel()[blk] = v.sum(axis=1)
+    return out
+
+
+def _smooth(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Separable convolution with the symmetric float32 taps ``k``, zero outside the image.
+
+    Shifted slice additions in float32 (rows, then columns): faster than scipy's filters,
+    which work in float64 line buffers.
+    """
+    r = k.size // 2
+    a = img * k[r]
+    for j in range(1, r + 1):
+        a[j:] += k[r - j] * img[:-j]
+        a[:-j] += k[r + j] * img[j:]
+    out = a * k[r]
+    for j in range(1, r + 1):
+        out[:, j:] += k[r - j] * a[:, :-j]
+        out[:, :-j] += k[r + j] * a[:, j:]
     return out
 
 
@@ -301,7 +319,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     binned = bin2x2(data, mask, sky2) if binned is None else binned
     sb = float(np.sqrt(sig ** 2 + 0.25)) / 2.0       # PSF sigma in bins (pixel width included)
     k1 = _kernel1d(sb)
-    filt = ndi.gaussian_filter(binned, sb, truncate=2.0, output=np.float32)
+    filt = _smooth(binned, k1.astype(np.float32))
     fnoise = 2.0 * noise * float((k1 ** 2).sum())     # noise of the filtered 2 x 2 sums
     seg, nlab = ndi.label(filt > detect_snr * fnoise, structure=np.ones((3, 3), bool))
     objs, bidx, blab = _moments(binned, seg, nlab, max(2, int(np.ceil(minarea / 4))))
