@@ -394,11 +394,11 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     # trail was detected, the steady light itself says there is a star under the peak
     p_near = _trail_relation(px, py, txs, tys, geom, sig, 3.0 * sig,
                              np.ones(px.size, bool))[0] >= 0
+    # a compact excess on a star's steady light, not far brighter than the star, may be the
+    # star's own short brightening: it stays with the trail (its light curve decides)
     on_star = ((p_on >= 0) | ~p_near) & (pk["steady_snr"] >= 3.0) & \
         ~(pk["excess"] > star_ratio_max * pk["steady"])
     pcls = np.where(pk["sharp"], "cosmic_ray", np.where(on_star, "trail", "point"))
-    # a compact excess on a star's steady light, not far brighter than the star, may be the
-    # star's own short brightening: it stays with the trail (its light curve decides)
     pseg = lab_of[seg[np.clip(np.floor(py / 2).astype(np.int64), 0, seg.shape[0] - 1),
                       np.clip(np.floor(px / 2).astype(np.int64), 0, seg.shape[1] - 1)]]
     del seg
