@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -115,7 +115,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
-        FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
+        FLAG_OUTLIER, FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
     )
     from driftwatch.science._stats import row_nanmedian
     from driftwatch.science.sky import local_sky
@@ -212,11 +212,21 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             gain=ccd.gain, read_noise=ccd.read_noise, saturate=ccd.saturate, dq=dq,
             labels=labels, usable=~det.saturated & ~det.edge)
         sigma = profile.sigma
+        # light of another shape across the trail than the star's (a cosmic ray the DQ mask
+        # missed, crossing several pixels of a sample) fits the profile far worse than the
+        # star's other samples: such samples are outliers, not the star's light
+        with np.errstate(invalid="ignore"):
+            typical_chi2 = row_nanmedian(np.where(lc.good, lc.chi2, np.nan))
+        misfit = lc.good & (lc.chi2 > np.maximum(5.0, 4.0 * np.nan_to_num(
+            typical_chi2, nan=1.0))[:, None])
+        if misfit.any():
+            lc = replace(lc, good=lc.good & ~misfit,
+                         flags=lc.flags | np.where(misfit, FLAG_OUTLIER, 0).astype(np.uint16))
         # a collinear neighbour merged into the trail shows beyond its ends
         collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
                                gain=ccd.gain, read_noise=ccd.read_noise,
                                baseline=np.nan_to_num(row_nanmedian(
-                                   np.where(lc.good, lc.flux, np.nan))), dq=dq) > 5.0
+                                   np.where(lc.good, lc.flux, np.nan))), dq=dq) > 6.0
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.05) & ~collinear

@@ -714,8 +714,9 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
     Returns
     -------
     ndarray, float64, shape (n,)
-        Largest over the two ends of (mean flux per sample beyond the end, over its error),
-        counting only excesses above 3 % of ``baseline``; 0 where nothing is there.
+        Largest over the two ends, and over the first k samples beyond each end (k >= 3), of
+        the summed flux beyond the end over its error, counting only excesses above 1 % of
+        ``baseline`` per sample; 0 where nothing is there.
     """
     x0 = np.atleast_1d(np.asarray(x0, float))
     y0 = np.atleast_1d(np.asarray(y0, float))
@@ -750,11 +751,16 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
                                                        profile.cdf(s_along - L))[None, :]
         e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
         use = den > 0
-        nuse = use.sum(axis=1)
-        mean = np.where(nuse > 0, np.where(use, f, 0.0).sum(axis=1) / np.maximum(nuse, 1), 0.0)
-        err = np.sqrt(np.where(use, e2, 0.0).sum(axis=1)) / np.maximum(nuse, 1)
-        z = np.where((nuse >= 3) & (mean > 0.03 * np.asarray(baseline, float)),
-                     mean / np.where(err > 0, err, np.inf), 0.0)
-        out = np.maximum(out, z)
-        del sign
+        # outward from the end: a neighbour overlapping by less than half a trail leaves
+        # light over its overlap only, so the excess is taken over the first k samples
+        # for every k (from 3), and the most significant kept
+        if sign < 0:  # the samples before the start run toward it: read them backwards
+            f, e2, use = f[:, ::-1], e2[:, ::-1], use[:, ::-1]
+        nuse = np.cumsum(use, axis=1)
+        tot = np.cumsum(np.where(use, f, 0.0), axis=1)
+        cvar = np.cumsum(np.where(use, e2, 0.0), axis=1)
+        mean = tot / np.maximum(nuse, 1)
+        zk = np.where((nuse >= 3) & (mean > 0.01 * np.asarray(baseline, float)[:, None]) &
+                      (cvar > 0), tot / np.sqrt(np.where(cvar > 0, cvar, 1.0)), 0.0)
+        out = np.maximum(out, zk.max(axis=1) if zk.size else 0.0)
     return out
