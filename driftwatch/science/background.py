@@ -102,7 +102,9 @@ class Background:
     def rows_at_columns(self, which: str, x: np.ndarray) -> np.ndarray:
         """Return the ``back`` or ``rms`` map at every CCD row and columns ``x``, shape (ny, m).
 
-        Rows take the sample at or below them; columns are interpolated linearly.
+        Rows take the sample at or below them; columns are interpolated linearly. (The
+        filter uses :meth:`subtract_divide_rows`, which applies the same maps in place; this
+        plain form is its reference.)
         """
         m = self.back if which == "back" else self.rms
         # Linear in x between samples (the box centre of an even-length box is half-integer).
@@ -112,6 +114,42 @@ class Background:
         f = (u - i0).astype(np.float32)
         cols = m[:, i0] * (np.float32(1.0) - f) + m[:, i1] * f
         return np.repeat(cols, self.step, axis=0)[: self.shape[0]] if self.step > 1 else cols
+
+    def subtract_divide_rows(self, data: np.ndarray, x: np.ndarray, back_scale: np.ndarray,
+                             rms_scale: np.ndarray) -> None:
+        """In place: ``data = (data - back * back_scale) / (rms * rms_scale)``.
+
+        ``data`` (ny, m) float32 holds values at every CCD row and the columns ``x``;
+        ``back_scale`` and ``rms_scale`` (ny,) are per-row factors. The maps are read as in
+        :meth:`rows_at_columns` (rows take the sample at or below them, columns linear), but
+        through a view of ``data`` by blocks of ``step`` rows, without building (ny, m) maps.
+        """
+        ny = self.shape[0]
+        st = self.step
+        u = np.clip(np.asarray(x, dtype=float) / st, 0.0, self.back.shape[1] - 1.0)
+        i0 = np.floor(u).astype(np.intp)
+        i1 = np.minimum(i0 + 1, self.back.shape[1] - 1)
+        f = (u - i0).astype(np.float32)
+        cb = self.back[:, i0] * (np.float32(1.0) - f) + self.back[:, i1] * f      # (by, m)
+        cr = self.rms[:, i0] * (np.float32(1.0) - f) + self.rms[:, i1] * f
+        # the factors are constant but in the few rows near the top and bottom (a truncated
+        # filter): the constant is applied by blocks, those rows are then corrected
+        ks0, rs0 = np.float32(np.max(back_scale)), np.float32(np.max(rms_scale))
+        nfull = (ny // st) * st
+        view = data[:nfull].reshape(ny // st, st, -1)
+        view -= (cb[: ny // st] * ks0)[:, None, :]
+        view /= (cr[: ny // st] * rs0)[:, None, :]
+        rest = slice(nfull, ny)
+        if nfull < ny:
+            data[rest] -= cb[ny // st][None, :] * ks0
+            data[rest] /= cr[ny // st][None, :] * rs0
+        odd = np.flatnonzero((back_scale != ks0) | (rms_scale != rs0))
+        if odd.size:
+            rb, rr = cb[np.minimum(odd // st, cb.shape[0] - 1)], cr[np.minimum(odd // st,
+                                                                            cr.shape[0] - 1)]
+            # from (d - k0 b) / (r0 r) to (d - k b) / (r_s r) for those rows
+            orig = data[odd] * (rs0 * rr) + ks0 * rb
+            data[odd] = (orig - back_scale[odd, None] * rb) / (rms_scale[odd, None] * rr)
 
     def _full(self, m: np.ndarray) -> np.ndarray:
         ny, nx = self.shape

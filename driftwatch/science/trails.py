@@ -263,16 +263,10 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     # filter equals filtering the sky-subtracted image, at a quarter of the cost. Rows near the
     # top and bottom see a truncated Gaussian, hence the per-row kernel sum.
     ksum_rows = ndi.correlate1d(np.ones(ny, dtype=np.float32), taps, mode="constant", cval=0.0)
-    sky = background.rows_at_columns("back", x_of_col)
-    sky *= (bin_x * lb) * ksum_rows[:, None]
-    filt -= sky
-    del sky
     ksq_rows = ndi.correlate1d(np.ones(ny, dtype=np.float32), taps * taps, mode="constant",
                                cval=0.0)
     norm_rows = np.sqrt(bin_x * lb * ksq_rows.astype(np.float64)).astype(np.float32)
-    sig = background.rows_at_columns("rms", x_of_col)
-    sig *= norm_rows[:, None]
-    filt /= sig
+    background.subtract_divide_rows(filt, x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
     if not np.isfinite(filt).all():
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
         nonfinite = ~np.isfinite(img)
@@ -576,8 +570,9 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
     The along-trail profile of each detection (``prof_a``, (n, na) at integer offsets ``a``)
     is fitted by one trail (``template``: :func:`_trail_template`, so the PSF wings and the
     transparency changes all trails share are in the model) and by two trails
-    ``_SPLIT_MIN_FWHM`` FWHM to one trail length apart (non-negative amplitudes), on a 1 px
-    grid of positions. A split is kept when the two-trail model is better by an F ratio of
+    ``_SPLIT_MIN_FWHM`` FWHM to one trail length apart (non-negative amplitudes), on a
+    grid of positions (2 px, then 1 px for the promising ones, then refined). A split is kept
+    when the two-trail model is better by an F ratio of
     ``_SPLIT_F`` (the residual of the two-trail fit sets the noise, so a bright star's
     imperfect model does not split it) and the fainter trail alone has a S/N of
     ``threshold_sigma`` (``var_a``: noise variance of one profile sample, (n,)).
@@ -599,39 +594,50 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
                          left=0.0, right=0.0).reshape(np.shape(tc) + (na,))
 
     reach = half_len + 6.0
-    t = np.arange(-math.floor(reach), math.floor(reach) + 1.0)
-    box = model(t)                                                          # (nt, na)
-    gram = box @ box.T
-    proj = prof_a @ box.T                                                   # (n, nt)
-    total = np.einsum("na,na->n", prof_a, prof_a)
-    r1 = np.max(np.where(proj > 0, proj * proj / np.diag(gram)[None, :], 0.0), axis=1)
-    i, j = np.triu_indices(t.size, 1)
-    sep = t[j] - t[i]
-    keep = (sep >= _SPLIT_MIN_FWHM * 2.3548 * sigma) & (sep <= 2.0 * half_len)
-    i, j = i[keep], j[keep]
-    gii, gjj, gij = gram[i, i], gram[j, j], gram[i, j]
-    det = gii * gjj - gij * gij
-    pi, pj = proj[:, i], proj[:, j]                                          # (n, np)
-    a1 = (gjj * pi - gij * pj) / det
-    a2 = (gii * pj - gij * pi) / det
-    r2 = np.where((a1 > 0) & (a2 > 0), a1 * pi + a2 * pj, 0.0)
-    best = np.argmax(r2, axis=1)
-    rows = np.arange(n)
-    r2b = r2[rows, best]
-    resid = np.maximum(total - r2b, 1e-300) / max(na - 4, 1)
-    f_ratio = (r2b - r1) / resid
-    a1b, a2b = a1[rows, best], a2[rows, best]
-    faint = np.where(a1b < a2b, a1b * np.sqrt(gii[best]), a2b * np.sqrt(gjj[best]))
-    share = np.minimum(a1b, a2b) / np.maximum(a1b + a2b, 1e-300)
-    split = (f_ratio > _SPLIT_F) & (faint / np.sqrt(var_a) >= threshold_sigma) & \
-        (share >= _SPLIT_MIN_SHARE)
+    min_sep = _SPLIT_MIN_FWHM * 2.3548 * sigma
+
+    def search(prof: np.ndarray, var: np.ndarray, step: float) -> tuple[np.ndarray, ...]:
+        """Best pair on a grid of ``step`` px: (t1, t2, F ratio, faint S/N, share)."""
+        t = np.arange(-step * math.floor(reach / step), reach + 1e-9, step)
+        box = model(t)                                                      # (nt, na)
+        gram = box @ box.T
+        proj = prof @ box.T                                                 # (k, nt)
+        total = np.einsum("na,na->n", prof, prof)
+        r1 = np.max(np.where(proj > 0, proj * proj / np.diag(gram)[None, :], 0.0), axis=1)
+        i, j = np.triu_indices(t.size, 1)
+        sep = t[j] - t[i]
+        keep = (sep >= min_sep) & (sep <= 2.0 * half_len)
+        i, j = i[keep], j[keep]
+        gii, gjj, gij = gram[i, i], gram[j, j], gram[i, j]
+        det = gii * gjj - gij * gij
+        pi, pj = proj[:, i], proj[:, j]                                      # (k, np)
+        a1 = (gjj * pi - gij * pj) / det
+        a2 = (gii * pj - gij * pi) / det
+        r2 = np.where((a1 > 0) & (a2 > 0), a1 * pi + a2 * pj, 0.0)
+        best = np.argmax(r2, axis=1)
+        k = np.arange(prof.shape[0])
+        r2b = r2[k, best]
+        f_ratio = (r2b - r1) / (np.maximum(total - r2b, 1e-300) / max(na - 4, 1))
+        a1b, a2b = a1[k, best], a2[k, best]
+        faint = np.where(a1b < a2b, a1b * np.sqrt(gii[best]), a2b * np.sqrt(gjj[best]))
+        share = np.minimum(a1b, a2b) / np.maximum(a1b + a2b, 1e-300)
+        return t[i[best]], t[j[best]], f_ratio, faint / np.sqrt(var), share
+
+    # a 2 px grid over all detections finds the few worth a 1 px search (a pair 1 px off
+    # its best positions fits a bright trail much worse, so the first cut is loose)
+    _, _, f2px, snr2px, _ = search(prof_a, var_a, 2.0)
+    cand = (f2px > _SPLIT_F / 8) & (snr2px >= 0.5 * threshold_sigma)
     if allowed is not None:
-        split &= allowed
-    rows = np.flatnonzero(split)
+        cand &= allowed
+    cand = np.flatnonzero(cand)
+    if cand.size == 0:
+        return empty
+    t1, t2, f_ratio, snr, share = search(prof_a[cand], var_a[cand], 1.0)
+    split = (f_ratio > _SPLIT_F) & (snr >= threshold_sigma) & (share >= _SPLIT_MIN_SHARE)
+    rows = cand[split]
     if rows.size == 0:
         return empty
-    s1, s2, f1, f2 = _refine_pair(prof_a[rows], a, template, t[i[best[rows]]],
-                                  t[j[best[rows]]])
+    s1, s2, f1, f2 = _refine_pair(prof_a[rows], a, template, t1[split], t2[split])
     f1, f2 = f1 / (f1 + f2), f2 / (f1 + f2)
     ok = np.minimum(f1, f2) >= _SPLIT_MIN_SHARE
     return rows[ok], s1[ok], s2[ok], f1[ok], f2[ok]

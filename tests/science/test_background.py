@@ -57,3 +57,22 @@ def test_mask_from_dq_codes_saturation_and_nan():
     np.testing.assert_array_equal(mask_from_dq(None, img, None), np.isnan(img))
     with pytest.raises(ScienceError):
         mask_from_dq(dq[:2], img, None)
+
+
+@pytest.mark.parametrize("ny", [640, 650])  # a whole number of mesh steps, and not
+def test_subtract_divide_rows_matches_the_full_maps(ny):
+    rng = np.random.default_rng(3)
+    img = (700.0 + 0.05 * np.arange(300)[None, :] + rng.normal(0, 14, (ny, 300))).astype(
+        np.float32)
+    bg = measure_background(img, box=64, step=16)
+    x = np.linspace(3.5, 290.5, 120)
+    data = rng.normal(0, 1000, (ny, x.size)).astype(np.float32)
+    ks = np.full(ny, 7.0, np.float32)
+    ks[:4] = [3.0, 4.0, 5.0, 6.0]                     # a truncated filter at the edges
+    rs = np.full(ny, 2.5, np.float32)
+    rs[-3:] = [1.5, 1.8, 2.1]
+    want = (data - bg.rows_at_columns("back", x) * ks[:, None]) / \
+        (bg.rows_at_columns("rms", x) * rs[:, None])
+    got = data.copy()
+    bg.subtract_divide_rows(got, x, ks, rs)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-4)
