@@ -27,6 +27,12 @@ def test_quick_bench_writes_json_for_every_area(tmp_path):
     # the table printed on stdout carries the headline figures
     assert "science2.speed.wall_s.median" in proc.stdout
     assert "simulate.render_full_ccd_1000_stars.median_s" in proc.stdout
+    assert "exposure.complete_to_last_ccd_done_s.median" in proc.stdout
+    assert "scaling.local_2.speedup_vs_1_worker" in proc.stdout
+    # the exposure went through the daemon to the Slack stand-in (a working path, not a speed)
+    exposure = doc["results"]["exposure"]
+    assert exposure["alerts_received"] == "1/1"
+    assert exposure["complete_to_alert_s"]["median"] >= exposure["complete_to_planned_s"]["median"]
 
 
 def test_compare_prints_ratios(tmp_path, capsys):
