@@ -286,20 +286,28 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     }
     cands: list[CandidateSummary] = []
     stamps: list[dict[str, Any]] = []
-    # flashes: point sources off the satellite streaks (a glint is the satellite's)
-    on_streak = streaks[np.clip(np.rint(src.y).astype(np.int64), 0, image.shape[0] - 1),
-                        np.clip(np.rint(src.x).astype(np.int64), 0, image.shape[1] - 1)]
+    # flashes: point sources 2 FWHM off the satellite streaks' lines (a glint there is the
+    # satellite's), plus 2 px for the lines' own error
+    is_line = (src.cls == "streak") & np.isfinite(src.line_theta)
+    off_streak = np.ones(len(src), bool)
+    for th, rho in zip(np.concatenate([src.line_theta[is_line], lines.theta]),
+                       np.concatenate([src.line_rho[is_line], lines.rho])):
+        off_streak &= np.abs(src.x * np.cos(th) + src.y * np.sin(th) - rho) > 2.0 * fwhm + 2
     points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma) &
-                            ~on_streak)
+                            off_streak)
     ux, uy = geom.unit
     ex = lc.x[ev.star, ev.sample] - uy * ev.offset_px
     ey = lc.y[ev.star, ev.sample] + ux * ev.offset_px
-    if points.size and len(ev):
+    crs = np.flatnonzero(src.cls == "cosmic_ray")
+    if len(ev) and (points.size or crs.size):
         # an event at a point source is the same light (a flash beside a trail's line, or far
-        # brighter than the star under it): the point source describes it, once
+        # brighter than the star under it): the point source describes it, once; an event at
+        # a cosmic ray (one the DQ mask missed, on a trail) is the cosmic ray
         from dataclasses import replace as _replace
         same = (np.hypot(ex[:, None] - src.x[points][None, :],
                          ey[:, None] - src.y[points][None, :]) <= 2.0 * fwhm).any(axis=1)
+        same |= (np.hypot(ex[:, None] - src.x[crs][None, :],
+                          ey[:, None] - src.y[crs][None, :]) <= fwhm).any(axis=1)
         if same.any():
             ev = _replace(ev, **{f: getattr(ev, f)[~same] for f in (
                 "star", "kind", "sample", "t_peak_s", "duration_s", "amplitude",

@@ -25,8 +25,8 @@ the seeing crossing time, a candidate millisecond flash) when
   ``point_snr`` times its noise (photon noise of the trail under it included). A star
   trail's interior and its ends do not; a flash on a trail does by its own light;
 - it is compact in every direction: that excess holds (half of it at least) against the
-  filtered image ``k`` pixels away along 8 directions, which a streak's ridge (any angle) or
-  a faint trail's fragment does not;
+  filtered image ``k`` pixels away on both sides along 8 directions, which a streak's ridge
+  (any angle) does not;
 - it is not sharper than the PSF (a cosmic ray: minor-axis rms of its trail-subtracted light
   below ``sharp_factor`` x PSF sigma, or a peak pixel far above a PSF's), lies 2 FWHM from
   the CCD edge, 3 px from masked pixels and 3 FWHM from saturated ones.
@@ -38,7 +38,8 @@ decides. ``on_trail`` names the detected trail whose centre line a peak lies on 
 the event search's candidates there are the same light). A trail detection whose only light
 is the point (no steady light along its line) was the flash itself: ``trail`` names it.
 
-Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
+A peak within 2 FWHM of a streak's line (a crossing with a trail, or a glint) is part of the
+streak. Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
 """
 
 from __future__ import annotations
@@ -399,6 +400,11 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     on_star = ((p_on >= 0) | ~p_near) & (pk["steady_snr"] >= 3.0) & \
         ~(pk["excess"] > star_ratio_max * pk["steady"])
     pcls = np.where(pk["sharp"], "cosmic_ray", np.where(on_star, "trail", "point"))
+    # on a streak's line (its crossings with trails, a glint): the streak's
+    for th, rho in zip(line_theta[streak], line_rho[streak]):
+        on_line = np.abs(px * np.cos(th) + py * np.sin(th) - rho) <= 2 * 2.3548 * sig
+        pcls = np.where(on_line, "streak", pcls)
+        pk["theta"] = np.where(on_line, th + np.pi / 2, pk["theta"])
     pseg = lab_of[seg[np.clip(np.floor(py / 2).astype(np.int64), 0, seg.shape[0] - 1),
                       np.clip(np.floor(px / 2).astype(np.int64), 0, seg.shape[1] - 1)]]
     del seg
@@ -532,17 +538,18 @@ def _peaks(data: np.ndarray, sky2: np.ndarray | None, mask: np.ndarray | None,
     sel = np.flatnonzero(excess_snr >= point_snr)
     xb, yb, f0, excess, excess_snr, level, fsig = (
         v[sel] for v in (xb, yb, f0, excess, excess_snr, level, fsig))
-    # compact in every direction: a streak's ridge keeps its light along its own direction
+    # compact in every direction: a streak's ridge keeps its light on both sides along its
+    # own direction (a neighbouring trail on one side does not make a ridge)
     rmin = excess.copy()
     wing = np.zeros_like(excess)
     for j, th in enumerate(_DIRECTIONS[1:], start=1):
         cx = np.cos(geom.angle_rad + th)
         cy = np.sin(geom.angle_rad + th)
-        nb = np.maximum(_bilinear(filt, xb + kb * cx, yb + kb * cy),
+        nb = np.minimum(_bilinear(filt, xb + kb * cx, yb + kb * cy),
                         _bilinear(filt, xb - kb * cx, yb - kb * cy))
         rmin = np.minimum(rmin, f0 - nb)
         if j == _DIRECTIONS.size // 2:
-            wing = nb  # across the drift: the peak's own wings (and nothing else, mostly)
+            wing = nb  # across the drift: the peak's own wings
     compact = rmin >= 0.5 * excess
     sel = np.flatnonzero(compact)
     xb, yb, f0, excess, excess_snr, level, fsig, wing = (
@@ -705,10 +712,34 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
     on = np.abs(xx * c + yy * s_ - r0) <= 2.5
     if not on.any():
         return th, r0, 0.0, 0.0
+    th, r0 = _fit_line(xx[on], yy[on], th, r0)
+    c, s_ = np.cos(th), np.sin(th)
     t = -xx[on] * s_ + yy[on] * c
     span = float(t.max() - t.min())
     steps = np.unique(np.floor((t - t.min()) / 2.0)).size
     return th, r0, span, steps / (span / 2.0 + 1.0)
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray, theta: float, rho: float) -> tuple[float, float]:
+    """Least-squares (principal-axis) line ``x cos(theta) + y sin(theta) = rho`` of points.
+
+    Returns the given (theta, rho) when there are fewer than 3 points; theta stays within
+    90 degrees of the given one (same orientation of the normal).
+    """
+    if x.size < 3:
+        return theta, rho
+    mx, my = float(x.mean()), float(y.mean())
+    dx, dy = x - mx, y - my
+    sxx, syy, sxy = float((dx * dx).sum()), float((dy * dy).sum()), float((dx * dy).sum())
+    direction = 0.5 * np.arctan2(2 * sxy, sxx - syy)     # of the line itself
+    t = direction + np.pi / 2                              # of its normal
+    if np.cos(t - theta) < 0:
+        t += np.pi
+    t = float(np.mod(t, 2 * np.pi))
+    r = mx * np.cos(t) + my * np.sin(t)
+    if t >= np.pi:                                         # keep theta in [0, pi)
+        t, r = t - np.pi, -r
+    return t, float(r)
 
 
 def streak_mask(shape: tuple[int, int], sources: Sources, *,
@@ -845,8 +876,14 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         dist = np.abs(x * ct[ti] + y * st[ti] - r0)
         on = dist <= 1.5 * bin_px
         near = dist <= 3.0 * bin_px
+        # the line through the supporting bins (the Hough cell is 0.5 deg x bin_px coarse)
+        th, r0 = _fit_line(x[on], y[on], float(thetas[ti]), r0)
+        c_, s_ = np.cos(th), np.sin(th)
+        tight = np.abs(x * c_ + y * s_ - r0) <= bin_px     # once more, in a narrower band
+        th, r0 = _fit_line(x[tight], y[tight], th, r0)
+        c_, s_ = np.cos(th), np.sin(th)
         # along-line extent of the supporting bins
-        along = -x[on] * st[ti] + y[on] * ct[ti]
+        along = -x[on] * s_ + y[on] * c_
         a0, a1 = float(along.min()), float(along.max())
         am = 0.5 * (a0 + a1)
         idx = np.flatnonzero(alive)
@@ -855,15 +892,15 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
         # a chance alignment of faint sources is not
         a = np.arange(a0, a1 + bin_px, bin_px / 2)
-        lx = r0 * ct[ti] - a[:, None] * st[ti] + np.array([-1, 0, 1])[None, :] * bin_px * ct[ti]
-        ly = r0 * st[ti] + a[:, None] * ct[ti] + np.array([-1, 0, 1])[None, :] * bin_px * st[ti]
+        lx = r0 * c_ - a[:, None] * s_ + np.array([-1, 0, 1])[None, :] * bin_px * c_
+        ly = r0 * s_ + a[:, None] * c_ + np.array([-1, 0, 1])[None, :] * bin_px * s_
         bxi = np.clip(((lx + 0.5) / bin_px).astype(np.int64), 0, bx - 1)
         byi = np.clip(((ly + 0.5) / bin_px).astype(np.int64), 0, by - 1)
         usable = (cnt[byi, bxi] >= bin_px * bin_px // 2).any(axis=1)
         signif = ((z[byi, bxi] > snr - 1.0) & (cnt[byi, bxi] >= bin_px * bin_px // 2)).any(axis=1)
         if usable.sum() == 0 or signif.sum() < min_fill * usable.sum():
             continue
-        out.append((float(thetas[ti]), r0, r0 * ct[ti] - am * st[ti], r0 * st[ti] + am * ct[ti],
+        out.append((th, r0, r0 * c_ - am * s_, r0 * s_ + am * c_,
                     a1 - a0 + bin_px, int(on.sum())))
     if not out:
         return empty

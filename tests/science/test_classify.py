@@ -124,6 +124,7 @@ def test_streak_across_trails_is_one_streak_on_its_line():
     for i in st:  # reported on the line, with its direction
         assert abs(np.angle(np.exp(2j * (src.theta[i] - ang)))) / 2 < np.radians(2)
         assert abs((src.x[i] - 20) * np.sin(ang) - (src.y[i] - 40) * np.cos(ang)) < 3
+    assert np.isfinite(src.line_theta[st]).any()
     # its crossings with trails are not flashes
     pts = np.flatnonzero(src.cls == "point")
     dist = np.abs((src.x[pts] - 20) * np.sin(ang) - (src.y[pts] - 40) * np.cos(ang))
