@@ -308,14 +308,18 @@ def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius
 
 def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                     geom: DriftGeometry, sky: np.ndarray, *, fwhm_guess: float,
-                    use: np.ndarray | None = None, n_max: int = 200) -> LineProfile:
+                    use: np.ndarray | None = None, n_max: int = 200,
+                    brightness: np.ndarray | None = None) -> LineProfile:
     """Measure the across-trail line profile (Moffat alpha, beta) from the brightest trails.
 
     Fits the summed, sky-subtracted across-trail profile of up to ``n_max`` bright trails
     (their interior samples; each normalised to unit sum) by least squares over a grid of FWHM
     and beta; returns a Moffat beta = 3 of ``fwhm_guess`` when fewer than 3 trails are
     available. ``use`` (bool, shape (n,)) selects the trails allowed (isolated, unsaturated
-    ones: a neighbour within the window biases the width).
+    ones: a neighbour within the window biases the width); ``brightness`` (shape (n,), e.g.
+    the detection fluxes), when given, limits the candidates to the ``3 n_max`` brightest
+    before their pixels are gathered. The width is found on a coarse grid (with a second
+    pass without the trails that fit far worse than the others), then refined.
     """
     x0 = np.asarray(x0, float)
     fallback = LineProfile.moffat(fwhm_guess, 3.0)
@@ -325,53 +329,67 @@ def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     h = int(np.ceil(3 * guess)) + 1
     m = n_samples(geom)
     edge = int(np.ceil(2 * guess))
-    g = trail_grid(x0, np.asarray(y0, float), geom, h, image.shape)
+    y0 = np.asarray(y0, float)
+    sky = np.broadcast_to(np.asarray(sky, float), x0.shape)
+    pick = np.ones(x0.size, bool) if use is None else np.asarray(use, bool).copy()
+    if brightness is not None and pick.sum() > 3 * n_max:
+        bright = np.where(pick, np.nan_to_num(np.asarray(brightness, float), nan=-np.inf),
+                          -np.inf)
+        pick = np.zeros(x0.size, bool)
+        pick[np.argsort(bright)[::-1][:3 * n_max]] = True
+    x0, y0, sky = x0[pick], y0[pick], sky[pick]
+    g = trail_grid(x0, y0, geom, h, image.shape)
     sl = slice(edge, max(m - edge, edge + 1))
     ok_trail = g.inside[:, sl].all(axis=(1, 2))
-    if use is not None:
-        ok_trail &= np.asarray(use, bool)
     if ok_trail.sum() < 3:
         return fallback
     vals = image[g.iy[ok_trail][:, sl].clip(0, image.shape[0] - 1),
                  g.ix[ok_trail][:, sl].clip(0, image.shape[1] - 1)] - \
-        np.asarray(sky, float)[ok_trail][:, None, None]
+        sky[ok_trail][:, None, None]
     prof = vals.sum(axis=1)
     dist = g.d[ok_trail][:, sl.start]
     total = prof.sum(axis=1)
     order = np.argsort(total)[::-1][:n_max]
     prof = prof[order] / total[order, None]
     dist = dist[order]
-    fwhms = np.linspace(0.5 * fwhm_guess, 2.0 * fwhm_guess, 46)
     betas = np.array([1.8, 2.2, 2.6, 3.0, 3.5, 4.5, 6.0, 10.0, 30.0])
     units = [LineProfile(alpha=1.0, beta=float(b)) for b in betas]
     scale = 2.0 * np.sqrt(2.0 ** (1.0 / betas) - 1.0)
-    keep = np.ones(prof.shape[0], dtype=bool)
-    best = fallback
+
+    def misfit(kb: np.ndarray, fwhms: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Squared misfit of trails ``rows`` under shapes ``kb`` x widths: (b, w, trails)."""
+        out = np.empty((kb.size, fwhms.size, rows.size))
+        d = dist[rows][None]
+        for q, k in enumerate(kb):  # a few shapes, each vectorised over widths and trails
+            a = (fwhms / scale[k])[:, None, None]
+            # pixel integral in units of alpha: cdf((d +- 0.5) / alpha), unit-alpha profile
+            model = units[k].cdf((d + 0.5) / a) - units[k].cdf((d - 0.5) / a)
+            model /= model.sum(axis=2, keepdims=True)   # normalised over the data's window
+            out[q] = ((model - prof[rows][None]) ** 2).sum(axis=2)
+        return out
+
+    all_b = np.arange(betas.size)
+    coarse = np.linspace(0.5 * fwhm_guess, 2.0 * fwhm_guess, 16)
+    res2 = misfit(all_b, coarse, np.arange(prof.shape[0]))
     # two passes: the trails whose own misfit is far above the typical one (a streak or
     # a cosmic ray across the window, an undetected neighbour) are left out of the second;
     # a handful of them pulled the wings (beta) far off in a plain least-squares fit
+    keep = np.ones(prof.shape[0], dtype=bool)
     for _ in range(2):
-        best_cost, per_trail = np.inf, None
-        for beta, unit, sc in zip(betas, units, scale):  # nine shapes, vectorised over widths
-            a = (fwhms / sc)[:, None, None]
-            # pixel integral in units of alpha: cdf((d +- 0.5) / alpha) of a unit-alpha profile
-            model = unit.cdf((dist[keep][None] + 0.5) / a) - unit.cdf((dist[keep][None] - 0.5) / a)
-            # normalised over the same window as the data
-            model = model / model.sum(axis=2, keepdims=True)
-            res2 = ((model - prof[keep][None]) ** 2).sum(axis=2)          # (widths, trails)
-            cost = res2.sum(axis=1)
-            j = int(np.argmin(cost))
-            if cost[j] < best_cost:
-                best = LineProfile(float(fwhms[j] / sc), float(beta))
-                best_cost, per_trail = float(cost[j]), res2[j]
-        if per_trail is None:
-            break
-        typical = float(np.median(per_trail))
-        outlier = per_trail > 5.0 * typical
+        cost = res2[:, :, keep].sum(axis=2)                                 # (betas, widths)
+        kb, kw = np.unravel_index(int(np.argmin(cost)), cost.shape)
+        per_trail = res2[kb, kw]
+        outlier = keep & (per_trail > 5.0 * float(np.median(per_trail[keep])))
         if not outlier.any() or keep.sum() - outlier.sum() < 3:
             break
-        idx = np.flatnonzero(keep)
-        keep[idx[outlier]] = False
+        keep &= ~outlier
+    # refined: a width step of 1/30 FWHM around the coarse best, the neighbouring shapes
+    step = coarse[1] - coarse[0]
+    fine = np.linspace(coarse[kw] - step, coarse[kw] + step, 7)
+    near_b = np.arange(max(kb - 1, 0), min(kb + 2, betas.size))
+    cost = misfit(near_b, fine, np.flatnonzero(keep)).sum(axis=2)
+    jb, jw = np.unravel_index(int(np.argmin(cost)), cost.shape)
+    best = LineProfile(float(fine[jw] / scale[near_b[jb]]), float(betas[near_b[jb]]))
     return best
 
 
@@ -459,8 +477,9 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     if labels is not None:
         first, last = labels
         own = np.arange(1, n + 1, dtype=np.int32)[:, None, None]
-        other = ((first[iyc, ixc] != own) & (first[iyc, ixc] != 0)) | \
-            ((last[iyc, ixc] != own) & (last[iyc, ixc] != 0))
+        lf, ll = first[iyc, ixc], last[iyc, ixc]
+        other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
+        del lf, ll
         flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
 
     d = data - sky_arr
@@ -682,7 +701,7 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
         isolated &= np.asarray(usable, bool)
     profile = measure_profile(image, x0, y0, geom, np.broadcast_to(np.asarray(sky, float),
                                                                     x0.shape),
-                              fwhm_guess=fwhm_guess, use=isolated)
+                              fwhm_guess=fwhm_guess, use=isolated, brightness=flux_guess)
     h = int(np.ceil(1.3 * profile.fwhm)) + 1
     grid_s = trail_grid(x0, y0, geom, 0, image.shape).s
     model = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(per_sample), grid_s, h)
