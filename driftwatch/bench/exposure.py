@@ -9,7 +9,10 @@ What is measured, per run (median, min and max over the runs):
   the Slack stand-in (a real HTTP server on 127.0.0.1, run in this process);
 - on the way: ``complete_to_planned_s`` (completeness gate, ``watch.settle_s`` included, checksum
   verification and planning), ``reduction_span_s`` (first CCD started to last CCD done), the
-  per-CCD worker seconds, and the pool's occupancy during the span.
+  per-CCD worker seconds, the pool's occupancy during the span, and
+  ``cores_used_by_other_processes`` from the rename to the last CCD done (the CPU the rest of a
+  shared machine took: system busy time minus this process tree's, daemon and workers
+  included).
 
 Set-up, none of it timed: the inputs are simulated once per process and cached (a full run
 renders 61 full-size CCDs with 1,000 stars each for each of the g, r and VR exposures, fixed
@@ -294,7 +297,9 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
             _deliver(inp.dq, incoming)
             t_complete = _deliver(inp.image, incoming)
             mono_complete = time.monotonic()
+            probe = _OtherCpu()
             exp, jobs = _wait_exposure(db, inp.expnum, len(inp.ccds), timeout_s, alive)
+            others = probe.cores()
             alert_mono = None
             end = time.monotonic() + 60.0
             while alert_mono is None and time.monotonic() < end and alive():
@@ -334,7 +339,45 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
         "occupancy": sum(durations) / (workers * span),
         "trails": sum(int(j[5] or 0) for j in jobs),
         "candidates": sum(int(j[6] or 0) for j in jobs),
+        "cores_used_by_other_processes": others,
     }
+
+
+class _OtherCpu:
+    """CPU used by processes outside this benchmark's process tree (the machine is shared)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.busy0 = self._busy()
+        self.ours0 = self._ours()
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    @staticmethod
+    def _ours() -> dict[int, float]:
+        import psutil
+
+        me = psutil.Process()
+        out = {}
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+                out[p.pid] = c.user + c.system
+            except psutil.Error:
+                pass
+        return out
+
+    def cores(self) -> float:
+        """Mean number of cores the other processes kept busy since this probe was made."""
+        busy = self._busy() - self.busy0
+        ours1 = self._ours()
+        ours = sum(v - self.ours0.get(pid, 0.0) for pid, v in ours1.items())
+        return max(busy - ours, 0.0) / (time.monotonic() - self.t0)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -367,7 +410,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     for key in ("complete_to_planned_s", "complete_to_first_ccd_start_s",
                 "complete_to_last_ccd_done_s", "reduction_span_s", "ccd_worker_s_median",
-                "occupancy"):
+                "occupancy", "cores_used_by_other_processes"):
         out[key] = _spread([r[key] for r in results])
     alerts = [r["complete_to_alert_s"] for r in results if r["complete_to_alert_s"] is not None]
     out["complete_to_alert_s"] = _spread(alerts) if alerts else None

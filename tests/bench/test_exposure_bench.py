@@ -7,8 +7,7 @@ import os
 import time
 from datetime import datetime, timezone
 
-from driftwatch.bench.exposure import _deliver, _epoch, _mentions
-from driftwatch.bench.scaling import _OtherCpu
+from driftwatch.bench.exposure import _deliver, _epoch, _mentions, _OtherCpu
 
 
 def test_deliver_writes_under_a_temporary_name_then_renames(tmp_path):
