@@ -103,8 +103,8 @@ class Background:
         """Return the ``back`` or ``rms`` map at every CCD row and columns ``x``, shape (ny, m).
 
         Rows take the sample at or below them; columns are interpolated linearly. (The
-        filter uses :meth:`subtract_divide_rows`, which applies the same maps in place; this
-        plain form is its reference.)
+        filter uses :meth:`subtract_divide_rows`, which applies the maps in place by blocks
+        of rows; this plain form is its reference.)
         """
         m = self.back if which == "back" else self.rms
         # Linear in x between samples (the box centre of an even-length box is half-integer).
@@ -116,40 +116,45 @@ class Background:
         return np.repeat(cols, self.step, axis=0)[: self.shape[0]] if self.step > 1 else cols
 
     def subtract_divide_rows(self, data: np.ndarray, x: np.ndarray, back_scale: np.ndarray,
-                             rms_scale: np.ndarray) -> None:
+                             rms_scale: np.ndarray, block: int = 16) -> None:
         """In place: ``data = (data - back * back_scale) / (rms * rms_scale)``.
 
         ``data`` (ny, m) float32 holds values at every CCD row and the columns ``x``;
-        ``back_scale`` and ``rms_scale`` (ny,) are per-row factors. The maps are read as in
-        :meth:`rows_at_columns` (rows take the sample at or below them, columns linear), but
-        through a view of ``data`` by blocks of ``step`` rows, without building (ny, m) maps.
+        ``back_scale`` and ``rms_scale`` (ny,) are per-row factors. The maps are interpolated
+        linearly in x and taken at the first row of each ``block`` of rows (a whole number
+        of mesh steps, >= ``block`` rows): they vary on the mesh scale (64 px), so within 16
+        rows they change by a few thousandths of their variation, and reading them once per
+        block saves interpolating (ny, m) maps.
         """
         ny = self.shape[0]
         st = self.step
+        blk = st * max(1, -(-block // st))
         u = np.clip(np.asarray(x, dtype=float) / st, 0.0, self.back.shape[1] - 1.0)
         i0 = np.floor(u).astype(np.intp)
         i1 = np.minimum(i0 + 1, self.back.shape[1] - 1)
         f = (u - i0).astype(np.float32)
-        cb = self.back[:, i0] * (np.float32(1.0) - f) + self.back[:, i1] * f      # (by, m)
-        cr = self.rms[:, i0] * (np.float32(1.0) - f) + self.rms[:, i1] * f
+        rows = np.arange(0, ny, blk) // st                                   # (nb,)
+        cb = self.back[rows][:, i0] * (np.float32(1.0) - f) + self.back[rows][:, i1] * f
+        cr = self.rms[rows][:, i0] * (np.float32(1.0) - f) + self.rms[rows][:, i1] * f
         # the factors are constant but in the few rows near the top and bottom (a truncated
         # filter): the constant is applied by blocks, those rows are then corrected
         ks0, rs0 = np.float32(np.max(back_scale)), np.float32(np.max(rms_scale))
-        nfull = (ny // st) * st
-        view = data[:nfull].reshape(ny // st, st, -1)
-        view -= (cb[: ny // st] * ks0)[:, None, :]
-        view /= (cr[: ny // st] * rs0)[:, None, :]
-        rest = slice(nfull, ny)
+        cb *= ks0
+        cr *= rs0
+        nfull = (ny // blk) * blk
+        view = data[:nfull].reshape(ny // blk, blk, -1)
+        view -= cb[: ny // blk, None, :]
+        view /= cr[: ny // blk, None, :]
         if nfull < ny:
-            data[rest] -= cb[ny // st][None, :] * ks0
-            data[rest] /= cr[ny // st][None, :] * rs0
+            data[nfull:] -= cb[-1][None, :]
+            data[nfull:] /= cr[-1][None, :]
         odd = np.flatnonzero((back_scale != ks0) | (rms_scale != rs0))
         if odd.size:
-            rb, rr = cb[np.minimum(odd // st, cb.shape[0] - 1)], cr[np.minimum(odd // st,
-                                                                            cr.shape[0] - 1)]
+            b = cb[np.minimum(odd // blk, cb.shape[0] - 1)] / ks0
+            r = cr[np.minimum(odd // blk, cr.shape[0] - 1)] / rs0
             # from (d - k0 b) / (r0 r) to (d - k b) / (r_s r) for those rows
-            orig = data[odd] * (rs0 * rr) + ks0 * rb
-            data[odd] = (orig - back_scale[odd, None] * rb) / (rms_scale[odd, None] * rr)
+            orig = data[odd] * (rs0 * r) + ks0 * b
+            data[odd] = (orig - back_scale[odd, None] * b) / (rms_scale[odd, None] * r)
 
     def _full(self, m: np.ndarray) -> np.ndarray:
         ny, nx = self.shape
