@@ -28,7 +28,8 @@ the seeing crossing time, a candidate millisecond flash) when
   filtered image ``k`` pixels away on both sides along 8 directions, which a streak's ridge
   (any angle) does not;
 - it is not sharper than the PSF (a cosmic ray: minor-axis rms of its trail-subtracted light
-  below ``sharp_factor`` x PSF sigma, or a peak pixel far above a PSF's), lies 2 FWHM from
+  below ``sharp_factor`` x PSF sigma, or a peak pixel far above a PSF's), nor longer (major
+  axis rms above 1.35 PSF sigma: overlapping trail ends, a blend), lies 2 FWHM from
   the CCD edge, 3 px from masked pixels and 3 FWHM from saturated ones.
 
 A compact excess on a star's steady light along the drift is either a flash on the star or
@@ -400,6 +401,8 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     on_star = ((p_on >= 0) | ~p_near) & (pk["steady_snr"] >= 3.0) & \
         ~(pk["excess"] > star_ratio_max * pk["steady"])
     pcls = np.where(pk["sharp"], "cosmic_ray", np.where(on_star, "trail", "point"))
+    # longer than the PSF (two trails' overlapping ends, a blend): no point
+    pcls = np.where((pcls == "point") & (pk["a"] > 1.35 * sig), "artefact", pcls)
     # on a streak's line (its crossings with trails, a glint): the streak's
     for th, rho in zip(line_theta[streak], line_rho[streak]):
         on_line = np.abs(px * np.cos(th) + py * np.sin(th) - rho) <= 2 * 2.3548 * sig
