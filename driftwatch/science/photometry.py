@@ -287,20 +287,22 @@ def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius
 
     Returns
     -------
-    first, last : ndarray, int32, shape (ny, nx)
+    first, last : ndarray, uint16 (int32 beyond 65,534 trails), shape (ny, nx)
         Index + 1 of a trail covering each pixel (0: none), painted in forward and in reverse
         order: a pixel is covered by more than one trail exactly where a trail's own pixel shows
-        another index in either image.
+        another index in either image. (Two full-size label images are the largest arrays a
+        CCD's reduction keeps: 16 bits halve them.)
     """
     r = int(np.ceil(radius))
     g = trail_grid(x0, y0, geom, r, shape, pad=r)
     keep = g.inside & (np.abs(g.d) <= radius)
-    idx = np.broadcast_to(np.arange(1, len(np.atleast_1d(x0)) + 1, dtype=np.int32)[:, None, None],
-                          g.ix.shape)
+    n = len(np.atleast_1d(x0))
+    dtype = np.uint16 if n < np.iinfo(np.uint16).max else np.int32
+    idx = np.broadcast_to(np.arange(1, n + 1, dtype=dtype)[:, None, None], g.ix.shape)
     flat = (g.iy * shape[1] + g.ix)[keep]
     lab = idx[keep]
-    first = np.zeros(shape, dtype=np.int32)
-    last = np.zeros(shape, dtype=np.int32)
+    first = np.zeros(shape, dtype=dtype)
+    last = np.zeros(shape, dtype=dtype)
     first.ravel()[flat] = lab
     last.ravel()[flat[::-1]] = lab[::-1]
     return first, last
