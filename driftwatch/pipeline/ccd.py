@@ -186,8 +186,10 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         src = classify_sources(image, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
                                saturated=sat_mask, gain=ccd.gain, binned=binned, sky2=sky2)
+        seg_lines = (src.cls == "streak") & np.isfinite(src.line_theta)
         lines = find_streaks(image, bg.global_rms, covered | mask, drift_angle=geom.angle_rad,
-                             binned2=binned)
+                             binned2=binned,
+                             known=(src.line_theta[seg_lines], src.line_rho[seg_lines]))
         del binned, sky2
         # a "trail" whose source is a round point (a flash the detector took for a short
         # trail) is not a star: no light curve search, its flash comes from classification
@@ -200,8 +202,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             # samples crossed by a satellite streak are flagged (CP code 8) and never searched
             dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
             dq[streaks & (dq == 0)] = 8
-            notes.append(f"{max(len(lines.theta), int((src.cls == 'streak').sum()))} "
-                         "streak(s) masked")
+            notes.append(f"{len(lines.theta) + int(seg_lines.sum())} streak(s) masked")
     with timer.stage("sky"):
         sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))

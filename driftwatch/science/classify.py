@@ -323,8 +323,11 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     k1 = _kernel1d(sb)
     filt = _smooth(binned, k1.astype(np.float32))
     fnoise = 2.0 * noise * float((k1 ** 2).sum())     # noise of the filtered 2 x 2 sums
-    seg, nlab = ndi.label(filt > detect_snr * fnoise, structure=np.ones((3, 3), bool))
-    objs, bidx, blab = _moments(binned, seg, nlab, max(2, int(np.ceil(minarea / 4))))
+    above = filt > detect_snr * fnoise
+    seg, nlab = ndi.label(above, structure=np.ones((3, 3), bool))
+    objs, bidx, blab = _moments(binned, seg, np.flatnonzero(above), nlab,
+                                max(2, int(np.ceil(minarea / 4))))
+    del above
     del binned
     k = objs.size
     lab_of = np.full(nlab + 1, -1, np.int64)
@@ -443,7 +446,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         extension=np.concatenate([np.zeros(int(rest.sum())), pk["excess_snr"]]))
 
 
-def _moments(binned: np.ndarray, seg: np.ndarray, nlab: int,
+def _moments(binned: np.ndarray, seg: np.ndarray, idx: np.ndarray, nlab: int,
              minbins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moments of every segment of the binned image, by bincounts over the segment bins only.
 
@@ -453,8 +456,7 @@ def _moments(binned: np.ndarray, seg: np.ndarray, nlab: int,
     segment bins sorted by label.
     """
     nxb = seg.shape[1]
-    idx = np.flatnonzero(seg)
-    lab = seg.ravel()[idx]
+    lab = seg.ravel()[idx]          # idx: the flat indices of the segment bins
     # sort the segment bins by label (a radix sort when labels fit 16 bits)
     order = np.argsort(lab.astype(np.uint16) if nlab < 65536 else lab, kind="stable")
     idx = idx[order]
@@ -790,7 +792,8 @@ class StreakLines:
 def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: int = 4,
                  snr: float = 5.0, min_votes: int = 30, max_lines: int = 5,
                  drift_angle: float | None = None, drift_votes: int = 150,
-                 min_fill: float = 0.5, binned2: np.ndarray | None = None) -> StreakLines:
+                 min_fill: float = 0.5, binned2: np.ndarray | None = None,
+                 known: tuple[np.ndarray, np.ndarray] | None = None) -> StreakLines:
     """Find long straight streaks (satellites) by a Hough transform of a binned image.
 
     Star trails, bright sources and bad pixels (``masked``) are set to zero, the image is
@@ -813,6 +816,9 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         The background-subtracted image already summed in 2 x 2 blocks (:func:`bin2x2`;
         ``bin_px`` even): reused, with a whole 2 x 2 block ignored where any of its pixels is
         ``masked``; ``data`` then only gives the CCD shape.
+    known : (theta, rho) arrays, optional
+        Lines found already (the streak segments of :func:`classify_sources`): bins within 3
+        bins of them are left out, so they are not found again.
     """
     ny, nx = data.shape
     by, bx = ny // bin_px, nx // bin_px
@@ -840,6 +846,14 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         return empty
     px = (ix + 0.5) * bin_px - 0.5
     py = (iy + 0.5) * bin_px - 0.5
+    if known is not None:
+        # streaks found already (bright ones, by segmentation): their bins vote for nothing
+        far = np.ones(px.size, bool)
+        for th, r0 in zip(*known):
+            far &= np.abs(px * np.cos(th) + py * np.sin(th) - r0) > 3.0 * bin_px
+        px, py = px[far], py[far]
+        if px.size < min_votes:
+            return empty
     thetas = np.radians(np.arange(0.0, 180.0, 0.5))
     ct, st = np.cos(thetas), np.sin(thetas)
     out: list[tuple[float, float, float, float, float, int]] = []
@@ -860,19 +874,23 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     ri += off
     ri = ri.astype(np.int64)
     acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
-    need_rep = None
+    need = np.full(nr * thetas.size, min_votes, np.int64)
     if drift_angle is not None:
         # the line's direction is theta + 90 degrees
         dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
-        need_rep = np.repeat(np.where(dang < np.radians(3.0), drift_votes, min_votes), nr)
+        need = np.repeat(np.where(dang < np.radians(3.0), drift_votes, min_votes), nr)
+    # a cell below its need never gets there (votes are only taken away)
+    acc[acc < need] = 0
     alive = np.ones(px.size, bool)
     for _ in range(max_lines):
         if alive.sum() < min_votes:
             break
         x, y = px[alive], py[alive]
-        votes = acc if need_rep is None else np.where(acc >= need_rep, acc, 0)
-        best = int(np.argmax(votes))
-        if votes[best] < min_votes:
+        best = int(np.argmax(acc))
+        while 0 < acc[best] < need[best]:   # fell below its need as lines were removed
+            acc[best] = 0
+            best = int(np.argmax(acc))
+        if acc[best] < min_votes:
             break
         ti, rj = divmod(best, nr)
         r0 = rmin + (rj + 0.5) * bin_px
