@@ -162,27 +162,27 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     nx_, ny_ = -uy, ux  # normal to the trail
     k = np.arange(-pad, n_samples(geom) + pad, dtype=float)
     j = np.arange(-half_width, half_width + 1, dtype=float)
-    # Same arithmetic, same order as the plain broadcast expressions (bit-identical grids),
-    # with the along-trail part added on the small (n, m) array and the big (n, m, w)
-    # arrays updated in place: this grid is built several times per CCD.
+    # The along-trail part is added on the small (n, m) array and the big (n, m, w) arrays
+    # are updated in place: this grid is built several times per CCD.
     px = (x0[:, None] + k[None, :] * ux)[:, :, None] + (j * nx_)[None, None, :]
+    np.rint(px, out=px)
+    ix = px.astype(np.int64)
+    # the rounded float equals the integer exactly, so this is ix - x0
+    rx = np.subtract(px, x0[:, None, None], out=px)
     if geom.along_x:
         # one row per trail offset, taken at mid-trail: rounding each sample separately
         # would make the window jump a row where a slightly tilted trail crosses a
-        # half-pixel, and the across distances then change by a whole pixel mid-trail
+        # half-pixel, and the across distances then change by a whole pixel mid-trail.
+        # The rows are then the same for every sample: (n, 1, w), broadcast (read-only).
         kmid = 0.5 * (n_samples(geom) - 1)
-        py = np.broadcast_to(np.rint(y0 + kmid * uy)[:, None, None]
-                             + np.rint(j * ny_)[None, None, :], px.shape).copy()
+        py = np.rint(y0 + kmid * uy)[:, None, None] + np.rint(j * ny_)[None, None, :]
+        iy = np.broadcast_to(py.astype(np.int64), px.shape)
     else:
         py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
         np.rint(py, out=py)
-    np.rint(px, out=px)
-    ix = px.astype(np.int64)
-    iy = py.astype(np.int64)
-    # the rounded float equals the integer exactly, so this is ix - x0 (iy - y0)
-    rx = np.subtract(px, x0[:, None, None], out=px)
+        iy = py.astype(np.int64)
     ry = np.subtract(py, y0[:, None, None], out=py)
-    s = rx[:, :, half_width] * ux + ry[:, :, half_width] * uy
+    s = rx[:, :, half_width] * ux + np.broadcast_to(ry, rx.shape)[:, :, half_width] * uy
     d = np.multiply(rx, nx_, out=rx)
     d += ry * ny_
     # negative indices wrap to huge unsigned values: one comparison per axis
