@@ -359,7 +359,8 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     line_rho = np.full(k, np.nan)
     streak = np.zeros(k, bool)
     for i in np.flatnonzero(long_):  # long segments are rare: a few per CCD
-        th, rho, span, fill = _hough_line(bidx, blab, int(objs["label"][i]), seg.shape[1])
+        th, rho, span, fill = _hough_line(bidx, blab, int(objs["label"][i]), seg.shape[1],
+                                          float(theta[i]))
         # a streak is a continuous line much longer than a trail (not along the drift, where
         # collinear trails merge): a segment as thin as the PSF, or, for a segment that has
         # absorbed the trails it crosses (its moments are theirs too), a line of six trail
@@ -685,13 +686,14 @@ def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarr
     return on_trail, self_trail
 
 
-def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
+def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, axis: float,
                 max_pixels: int = 1500) -> tuple[float, float, float, float]:
     """Strongest straight line through a segment's bins: (theta, rho, span, fill).
 
-    The line is ``x cos(theta) + y sin(theta) = rho`` (full-resolution pixels); ``span`` is
-    the extent along it of the bins within 2.5 px of it, ``fill`` the fraction of 2-px steps
-    along that extent holding one of them.
+    The line is ``x cos(theta) + y sin(theta) = rho`` (full-resolution pixels), searched
+    within 30 degrees of the segment's major ``axis`` (radians; trails merged with a streak
+    pull the axis by a few degrees); ``span`` is the extent along it of the bins within 2.5 px
+    of it, ``fill`` the fraction of 2-px steps along that extent holding one of them.
     """
     lo, hi = np.searchsorted(blab, [label, label + 1])
     yy, xx = np.divmod(bidx[lo:hi], nxb)
@@ -702,7 +704,7 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
         xs, ys = xx[pick], yy[pick]
     else:
         xs, ys = xx, yy
-    thetas = np.radians(np.arange(0.0, 180.0, 0.5))
+    thetas = axis + np.pi / 2 + np.radians(np.arange(-30.0, 30.25, 0.5))
     rho = xs[:, None] * np.cos(thetas)[None, :] + ys[:, None] * np.sin(thetas)[None, :]
     rbin = 2.0
     rmin = rho.min()
@@ -717,7 +719,7 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int,
     on = np.abs(xx * c + yy * s_ - r0) <= 2.5
     if not on.any():
         return th, r0, 0.0, 0.0
-    th, r0 = _fit_line(xx[on], yy[on], th, r0)
+    th, r0 = _fit_line(xx[on], yy[on], th, r0)  # (theta back within [0, pi))
     c, s_ = np.cos(th), np.sin(th)
     t = -xx[on] * s_ + yy[on] * c
     span = float(t.max() - t.min())
