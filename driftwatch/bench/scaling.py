@@ -43,6 +43,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from driftwatch.bench.exposure import _OtherCpu, inputs
+
 __all__ = ["run"]
 
 NIGHT = "2026-11-20"
@@ -82,43 +84,6 @@ class _Timing:
             self.seconds.append(float(fut.result().seconds))
         except BaseException:  # noqa: BLE001 - a failed task is reported by the job table
             pass
-
-
-class _OtherCpu:
-    """CPU used by processes outside this benchmark's process tree (the machine is shared)."""
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic()
-        self.busy0 = self._busy()
-        self.ours0 = self._ours()
-
-    @staticmethod
-    def _busy() -> float:
-        import psutil
-
-        t = psutil.cpu_times()
-        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-    @staticmethod
-    def _ours() -> dict[int, float]:
-        import psutil
-
-        me = psutil.Process()
-        out = {}
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                c = p.cpu_times()
-                out[p.pid] = c.user + c.system
-            except psutil.Error:
-                pass
-        return out
-
-    def cores(self) -> float:
-        """Mean number of cores the other processes kept busy since this probe was made."""
-        busy = self._busy() - self.busy0
-        ours1 = self._ours()
-        ours = sum(v - self.ours0.get(pid, 0.0) for pid, v in ours1.items())
-        return max(busy - ours, 0.0) / (time.monotonic() - self.t0)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -183,7 +148,6 @@ def _round(cfg, store, executor, ids: list[int]) -> tuple[float, list[float]]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure; ``quick``: the small CCDs of the quick exposure, one round."""
-    from driftwatch.bench.exposure import inputs
     from driftwatch.service.executor import DaskExecutor, LocalExecutor
 
     inp = inputs(quick)
