@@ -140,7 +140,8 @@ def n_samples(geom: DriftGeometry) -> int:
 
 
 def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: int,
-               shape: tuple[int, int], *, pad: int = 0) -> TrailGrid:
+               shape: tuple[int, int], *, pad: int = 0, every: int = 1,
+               offsets: np.ndarray | None = None) -> TrailGrid:
     """Return the nearest-pixel grid of every trail.
 
     Parameters
@@ -155,13 +156,21 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
         Image shape.
     pad : int
         Extra samples before the start and after the end of the trail.
+    every : int
+        Take every ``every``-th of those samples.
+    offsets : ndarray of int, optional
+        The pixel offsets across the trail to take, instead of ``-half_width..half_width``
+        (``half_width`` then only names the column ``s`` is measured in, offset 0 if present).
     """
     x0 = np.asarray(x0, dtype=float)
     y0 = np.asarray(y0, dtype=float)
     ux, uy = geom.unit
     nx_, ny_ = -uy, ux  # normal to the trail
-    k = np.arange(-pad, n_samples(geom) + pad, dtype=float)
-    j = np.arange(-half_width, half_width + 1, dtype=float)
+    k = np.arange(-pad, n_samples(geom) + pad, dtype=float)[::max(1, int(every))]
+    j = (np.arange(-half_width, half_width + 1, dtype=float) if offsets is None
+         else np.asarray(offsets, dtype=float))
+    # the along-trail coordinate is read in the column nearest the centre line
+    jc = int(np.argmin(np.abs(j)))
     # The along-trail part is added on the small (n, m) array and the big (n, m, w) arrays
     # are updated in place: this grid is built several times per CCD.
     px = (x0[:, None] + k[None, :] * ux)[:, :, None] + (j * nx_)[None, None, :]
@@ -182,7 +191,7 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
         np.rint(py, out=py)
         iy = py.astype(np.int64)
     ry = np.subtract(py, y0[:, None, None], out=py)
-    s = rx[:, :, half_width] * ux + np.broadcast_to(ry, rx.shape)[:, :, half_width] * uy
+    s = rx[:, :, jc] * ux + np.broadcast_to(ry, rx.shape)[:, :, jc] * uy
     d = np.multiply(rx, nx_, out=rx)
     d += ry * ny_
     # negative indices wrap to huge unsigned values: one comparison per axis

@@ -71,8 +71,12 @@ def local_sky(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeom
     y0 = np.atleast_1d(np.asarray(y0, float))
     h = int(np.ceil(outer))
     pad = h
-    g = trail_grid(x0, y0, geom, h, image.shape, pad=pad)
-    ix, iy, ins, d = (a[:, ::step] for a in (g.ix, g.iy, g.inside, g.d))
+    # only the columns that can reach the bands (a pixel's distance from the centre line
+    # differs from its column offset by less than 1.5 px) are read
+    j = np.arange(-h, h + 1)
+    g = trail_grid(x0, y0, geom, h, image.shape, pad=pad, every=step,
+                   offsets=j[np.abs(j) >= inner - 1.5])
+    ix, iy, ins, d = g.ix, g.iy, g.inside, g.d
     band = ins & (np.abs(d) >= inner) & (np.abs(d) <= outer)
     iyc = iy.clip(0, image.shape[0] - 1)
     ixc = ix.clip(0, image.shape[1] - 1)
