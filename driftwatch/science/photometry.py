@@ -5,8 +5,11 @@ the unit vector ``u`` of :class:`~driftwatch.science.geometry.DriftGeometry`. Sa
 light curve is the flux integrated across the trail in the pixel row (column, on DECam) whose
 centre lies nearest ``p0 + k u``; its time is the along-trail coordinate of that pixel centre,
 ``s = (pixel - p0) . u``, times ``seconds_per_px``. Pixels are gathered by nearest-pixel fancy
-indexing (no interpolation, so the noise of different samples stays independent), exactly for
-trails along a pixel axis (DECam) and to within a pixel for slightly tilted ones.
+indexing (no interpolation, so the noise of different samples stays independent). A trail
+within a degree of the pixel x axis (DECam: its tilt is a tenth of a pixel over the trail)
+keeps the same rows for all its samples, taken at mid-trail, so the window never jumps a row
+where the trail crosses a half pixel; a more tilted trail takes the nearest pixels sample by
+sample.
 
 The flux across the trail is an optimal (PSF-weighted, Horne 1986) estimate: the pixels are
 weighted by the across-trail profile (pixel-integrated, at the sub-pixel trail centre: a Moffat line profile fitted to the bright trails of the CCD, see :class:`LineProfile`)
