@@ -180,3 +180,16 @@ def test_line_mask_marks_the_band_around_each_line():
         m = line_mask(shape, np.array([th]), np.array([rho]), half_width=4.0)
         d = np.abs(xx * np.cos(th) + yy * np.sin(th) - rho)
         assert m[d <= 4.0].all() and not m[d > 4.6].any()
+
+
+def test_cosmic_ray_on_a_trail_is_no_flash():
+    g, rng, img, x0, y0 = _scene(9, rate=300.0)
+    xc = x0 + g.dx_dt * g.exptime / 2
+    iy, ix = int(round(y0[5])), int(round(xc[5] + 4))
+    img[iy, ix] += 400.0                                    # a sharp hit on the trail
+    img[iy, ix + 1] += 250.0
+    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0,
+                           gain=4.0)
+    near = np.hypot(src.x - ix, src.y - iy) < 3
+    assert "cosmic_ray" in set(src.cls[near])
+    assert not ((src.cls == "point") & (src.snr > 6)).any()
