@@ -196,17 +196,21 @@ def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.
 def _fine_fit(r: np.ndarray, w: np.ndarray, t: np.ndarray, t0: np.ndarray, sign: float,
               spp: float, smear_sigma_s: float,
               smear_kernel: Callable[[np.ndarray], np.ndarray] | None,
-              d_min: float, d_max: float) -> tuple[np.ndarray, ...]:
+              d_min: float, d_max: float, d0: np.ndarray,
+              cache: dict[tuple[float, float], np.ndarray]) -> tuple[np.ndarray, ...]:
     """Best event parameters of a few light curves on a fine grid around ``t0``.
 
     Parameters
     ----------
     r, w, t : ndarray, shape (h, m)
         Residual (flux - 1), weights (0 for unusable samples) and sample times (s).
-    t0 : ndarray, shape (h,)
-        Peak time from the coarse search, seconds.
+    t0, d0 : ndarray, shape (h,)
+        Peak time and duration from the coarse search, seconds: the fine durations are
+        those within 3/4 of an octave of ``d0``.
     sign : float
         +1 brightenings, -1 dips.
+    cache : dict
+        Smeared templates already computed in this search, by (duration, shape amplitude).
 
     Returns
     -------
@@ -216,13 +220,18 @@ def _fine_fit(r: np.ndarray, w: np.ndarray, t: np.ndarray, t0: np.ndarray, sign:
     """
     h, m = r.shape
     durations = np.geomspace(d_min, d_max, max(2, int(np.ceil(np.log2(d_max / d_min) * 4)) + 1))
+    near = np.abs(np.log2(durations[:, None] / np.asarray(d0, float)[None, :])) <= 0.75
+    durations = durations[near.any(axis=1)]
     step = spp / 20.0
     half = (m + 3) * spp
     lags = np.arange(-half, half + step / 2, step)
     shapes, dur, amp_s = [], [], []
-    for d in durations:          # a few dozen templates, each once per CCD with candidates
+    for d in durations:          # the durations near the candidates', each computed once
         for a in SHAPE_AMPLITUDES:
-            shapes.append(smeared_shape(lags, float(d), smear_sigma_s, a, smear_kernel))
+            key = (float(d), float(a))
+            if key not in cache:
+                cache[key] = smeared_shape(lags, float(d), smear_sigma_s, a, smear_kernel)
+            shapes.append(cache[key])
             dur.append(d)
             amp_s.append(a)
     table = np.asarray(shapes)                                               # (s, L)
@@ -238,6 +247,8 @@ def _fine_fit(r: np.ndarray, w: np.ndarray, t: np.ndarray, t0: np.ndarray, sign:
     num = (tmpl * (w * r)[None, :, None, :]).sum(-1) - mean_t * (w * r).sum(axis=1)[None, :, None]
     den = (tmpl * tmpl * w[None, :, None, :]).sum(-1) - mean_t * wt
     ok = den > 0
+    own = np.abs(np.log2(np.asarray(dur)[:, None] / np.asarray(d0, float)[None, :])) <= 0.75
+    ok &= own[:, :, None]                                                    # (s, h, 1)
     score = np.where(ok, sign * num / np.sqrt(np.where(ok, den, 1.0)), -np.inf)
     flat = score.transpose(1, 0, 2).reshape(h, -1)                           # (h, s*o)
     best = np.argmax(flat, axis=1)
@@ -357,6 +368,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     flat = Z.reshape(n, -1)
     t_end = m * spp
     flat_s = S.reshape(n, -1)
+    fine_cache: dict[tuple[float, float], np.ndarray] = {}
     for sign, kind in ((1.0, "brightening"), (-1.0, "dip")):
         # detection on the calibrated statistic; the event's parameters from the template
         # that fits best (largest uncalibrated S, the likelihood): the calibration grows
@@ -438,7 +450,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         # amplitude of an event longer than the smear is not off by the grid's spacing
         tp, dur_fit, amp_shape, a_int, peak = _fine_fit(
             r[hit], w[hit], t[hit], t[hit, jc], sign, spp, smear_sigma_s, smear_kernel,
-            float(durations.min()), float(durations.max()))
+            float(durations.min()), float(durations.max()), shape_dur[jd], fine_cache)
         a_smeared = a_int * peak
         # fluence within the exposure: the fitted intrinsic shape integrated over [0, t_end]
         grid = np.linspace(0.0, t_end, 2001)
