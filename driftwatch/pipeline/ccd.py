@@ -181,7 +181,8 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         # the sky of each 2 x 2 block (the sky map's sample at or below it): the sky is
         # subtracted on the binned detection image, never at full resolution
         ny2, nx2 = image.shape[0] // 2, image.shape[1] // 2
-        sky2 = bg.back[(2 * np.arange(ny2)) // bg.step][:, (2 * np.arange(nx2)) // bg.step]
+        sky2 = (bg.back[:ny2, :nx2] if bg.step == 2 else
+                bg.back[(2 * np.arange(ny2)) // bg.step][:, (2 * np.arange(nx2)) // bg.step])
         binned = bin2x2(image, cls_mask, sky2)  # the detection image, reused by find_streaks
         src = classify_sources(image, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
