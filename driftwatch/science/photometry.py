@@ -462,13 +462,16 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     ny, nx = image.shape
     iyc = g.iy.clip(0, ny - 1)
     ixc = g.ix.clip(0, nx - 1)
-    data = image[iyc, ixc].astype(np.float64)
+    # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
+    # CCD's reduction); every sum over a sample's pixels is accumulated in float64
+    f32 = np.float32
+    data = image[iyc, ixc].astype(f32)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
-                              if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1))
+                              if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1)).astype(f32)
     # along a pixel axis the across distances are the same for every sample of a trail:
     # evaluate the profile once per trail and broadcast
     d_eval = _mid_sample(g.d) if geom.along_x else g.d
-    prof = np.broadcast_to(profile.pixel(d_eval), g.d.shape)
+    prof = np.broadcast_to(profile.pixel(d_eval).astype(f32), g.d.shape)
     # profile renormalised over the window, so a flux is the total across the trail
     core = np.abs(g.d) <= 2.0 * sigma
     flags = np.zeros(g.s.shape, dtype=np.uint16)
@@ -497,13 +500,17 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
 
     d = data - sky_arr
-    ron2 = (read_noise / gain) ** 2
-    var_sky = np.maximum(sky_arr, 0.0) / gain + ron2
+    ron2 = f32((read_noise / gain) ** 2)
+    inv_gain = f32(1.0 / gain)
+    var_sky = np.maximum(sky_arr, f32(0.0)) * inv_gain + ron2
     if neighbours is not None:
         # the neighbours' light is removed, but its photon noise stays
-        d = d - neighbours
-        var_sky = var_sky + np.maximum(neighbours, 0.0) / gain
-    w = w_ok.astype(np.float64)
+        nb = np.asarray(neighbours, dtype=f32)
+        d = d - nb
+        var_sky = var_sky + np.maximum(nb, f32(0.0)) * inv_gain
+        del nb
+    w = w_ok.astype(f32)
+    sum2 = functools.partial(np.sum, axis=2, dtype=np.float64)
     # Weights fixed at their sky-limited optimum (profile / sky variance) for every star:
     # the estimator is then the same linear functional of the pixels for faint and bright
     # stars, so seeing changes along the exposure scale all stars alike and the ensemble
@@ -514,37 +521,42 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     f = np.zeros(g.s.shape)
     for it in range(2):
         a = w * pv
-        den = (a * prof).sum(axis=2)
-        f = np.where(den > 0, (a * d).sum(axis=2) / np.where(den > 0, den, 1.0), 0.0)
+        den = sum2(a * prof)
+        f = np.where(den > 0, sum2(a * d) / np.where(den > 0, den, 1.0), 0.0)
         if it == 0:
-            model = f[:, :, None] * prof
-            var = var_sky + np.maximum(model, 0.0) / gain
-            z2 = w * (d - model) ** 2 / (var + (model_error * model) ** 2)
+            model = f.astype(f32)[:, :, None] * prof
+            var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
+            z2 = w * (d - model) ** 2 / (var + (f32(model_error) * model) ** 2)
             worst = z2.max(axis=2, keepdims=True)
             reject = (z2 >= worst) & (worst > clip_sigma ** 2)
+            del model, var, z2
             if not reject.any():
                 break
             flags |= np.where(reject.any(axis=2), FLAG_OUTLIER, 0).astype(np.uint16)
-            w = np.where(reject, 0.0, w)
+            w = np.where(reject, f32(0.0), w)
     a = w * pv
-    den = (a * prof).sum(axis=2)
+    den = sum2(a * prof)
     safe = np.where(den > 0, den, 1.0)
-    var = var_sky + np.maximum(f[:, :, None] * prof, 0.0) / gain
-    err = np.where(den > 0, np.sqrt((a * a * var).sum(axis=2)) / safe, np.inf)
-    resid2 = (w * (d - f[:, :, None] * prof) ** 2 / var).sum(axis=2)
-    npix = w.sum(axis=2)
+    fit = f.astype(f32)[:, :, None] * prof
+    var = var_sky + np.maximum(fit, f32(0.0)) * inv_gain
+    err = np.where(den > 0, np.sqrt(sum2(a * a * var)) / safe, np.inf)
+    resid = d - fit
+    del fit
+    resid2 = sum2(w * resid ** 2 / var)
+    npix = sum2(w)
     chi2 = resid2 / np.maximum(npix - 1.0, 1.0)
-    kept = den / np.maximum((prof * pv).sum(axis=2), 1e-300)
+    kept = den / np.maximum(sum2(prof * pv), 1e-300)
     # light displaced across the trail: least-squares coefficient of the profile's derivative
     # in the residual (odd, so nearly orthogonal to the profile); a neighbour's light moves it,
     # the star's own brightening does not
-    dprof = np.broadcast_to((profile.pixel(d_eval + 0.05) - profile.pixel(d_eval - 0.05)) / 0.1,
-                            g.d.shape)
+    dprof = np.broadcast_to(((profile.pixel(d_eval + 0.05) - profile.pixel(d_eval - 0.05))
+                             / 0.1).astype(f32), g.d.shape)
     aw = w * dprof / var
-    dden = (aw * dprof).sum(axis=2)
+    dden = sum2(aw * dprof)
     dsafe = np.where(dden > 0, dden, 1.0)
-    shift = np.where(dden > 0, (aw * (d - f[:, :, None] * prof)).sum(axis=2) / dsafe, 0.0)
+    shift = np.where(dden > 0, sum2(aw * resid) / dsafe, 0.0)
     shift_err = np.where(dden > 0, 1.0 / np.sqrt(dsafe), np.inf)
+    del aw, resid, var, a
 
     cov = _coverage(g.s, geom.length_px, profile)
     margin = 1.5 * profile.fwhm
