@@ -27,7 +27,7 @@ chunks under a temporary name and renamed (mask first); the clock starts at the 
 
 Sustained throughput and the cores needed for a cadence (from the same runs)::
 
-    exposures_per_minute = 60 / reduction_span_s
+    exposures_per_minute = 60 / reduction_span_s   (keeps up with a cadence C if span <= C)
     cores_needed(C)      = ceil(n_ccd * t_ccd / (C * occupancy))
 
 where ``t_ccd`` is the median worker seconds of one CCD measured with ``workers`` workers busy at
@@ -283,11 +283,13 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
         alive = lambda: daemon.poll() is None  # noqa: E731
         db = root / "state" / "driftwatch.sqlite"
         try:
-            end = time.monotonic() + READY_TIMEOUT_S
+            t_start = time.monotonic()
+            end = t_start + READY_TIMEOUT_S
             while b"ready (pid" not in log_path.read_bytes():
                 if not alive() or time.monotonic() > end:
                     raise RuntimeError("the daemon did not become ready")
                 time.sleep(0.1)
+            ready_s = time.monotonic() - t_start
             # Warm-up: both workers import the pipeline and reduce a CCD before the clock.
             _deliver(inp.warmup_dq, incoming)
             _deliver(inp.warmup_image, incoming)
@@ -340,6 +342,7 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
         "trails": sum(int(j[5] or 0) for j in jobs),
         "candidates": sum(int(j[6] or 0) for j in jobs),
         "cores_used_by_other_processes": others,
+        "daemon_start_to_ready_s": ready_s,
     }
 
 
@@ -410,7 +413,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     for key in ("complete_to_planned_s", "complete_to_first_ccd_start_s",
                 "complete_to_last_ccd_done_s", "reduction_span_s", "ccd_worker_s_median",
-                "occupancy", "cores_used_by_other_processes"):
+                "occupancy", "cores_used_by_other_processes", "daemon_start_to_ready_s"):
         out[key] = _spread([r[key] for r in results])
     alerts = [r["complete_to_alert_s"] for r in results if r["complete_to_alert_s"] is not None]
     out["complete_to_alert_s"] = _spread(alerts) if alerts else None
@@ -422,7 +425,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     occ = out["occupancy"]["median"]
     out["throughput"] = {
         "exposures_per_minute": 60.0 / span,
-        "keeps_up_with_45s_cadence": out["complete_to_last_ccd_done_s"]["median"] <= CADENCE_S,
+        "keeps_up_with_45s_cadence": span <= CADENCE_S,
         "cores_needed_45s_cadence_for_this_exposure": math.ceil(n_ccd * t_ccd
                                                                 / (CADENCE_S * occ)),
         "formula": "ceil(ccds * ccd_worker_s_median / (45 s * occupancy))",
