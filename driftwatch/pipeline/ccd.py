@@ -249,10 +249,18 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             lc = replace(lc, good=lc.good & ~misfit,
                          flags=lc.flags | np.where(misfit, FLAG_OUTLIER, 0).astype(np.uint16))
         # a collinear neighbour merged into the trail shows beyond its ends
+        # (the wing beyond each end from the star's light next to that end: a brightening
+        # near an end raises its wing, which is no neighbour)
+        first4 = lc.good & (np.cumsum(lc.good, axis=1) <= 4)
+        last4 = lc.good & (np.cumsum(lc.good[:, ::-1], axis=1)[:, ::-1] <= 4)
+        with np.errstate(invalid="ignore"):
+            ends = np.stack([row_nanmedian(np.where(first4, lc.flux, np.nan)),
+                             row_nanmedian(np.where(last4, lc.flux, np.nan))], axis=1)
         collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
                                gain=ccd.gain, read_noise=ccd.read_noise,
                                baseline=np.nan_to_num(row_nanmedian(
-                                   np.where(lc.good, lc.flux, np.nan))), dq=dq) > 6.0
+                                   np.where(lc.good, lc.flux, np.nan))), dq=dq,
+                               end_levels=ends) > 6.0
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.05) & ~collinear

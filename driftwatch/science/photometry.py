@@ -747,7 +747,8 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
 
 def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
                profile: LineProfile, sky: np.ndarray | float, gain: float, read_noise: float,
-               baseline: np.ndarray, dq: np.ndarray | None = None) -> np.ndarray:
+               baseline: np.ndarray, dq: np.ndarray | None = None,
+               end_levels: np.ndarray | None = None) -> np.ndarray:
     """Significance of light on the trail's line beyond both of its ends, per trail.
 
     A star trail ends: beyond either end only its PSF wing (modelled, subtracted) and sky remain
@@ -762,6 +763,10 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         Largest over the two ends, and over the first k samples beyond each end (k >= 3), of
         the summed flux beyond the end over its error, counting only excesses above 1 % of
         ``baseline`` per sample; 0 where nothing is there.
+
+    ``end_levels`` (n, 2), when given, is the star's flux per sample next to its start and its
+    end (e.g. the median of the last few usable samples): the wing beyond an end is modelled
+    from it, so a star brightening near an end (an event) is not taken for a neighbour.
     """
     x0 = np.atleast_1d(np.asarray(x0, float))
     y0 = np.atleast_1d(np.asarray(y0, float))
@@ -792,8 +797,11 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)
-        f = f - np.asarray(baseline, float)[:, None] * (profile.cdf(s_along) -
-                                                       profile.cdf(s_along - L))[None, :]
+        level = np.asarray(baseline, float)
+        if end_levels is not None:
+            near = np.asarray(end_levels, float)[:, 0 if sign < 0 else 1]
+            level = np.where(np.isfinite(near), np.maximum(near, level), level)
+        f = f - level[:, None] * (profile.cdf(s_along) - profile.cdf(s_along - L))[None, :]
         e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
         use = den > 0
         # outward from the end: a neighbour overlapping by less than half a trail leaves
