@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +29,8 @@ import pyarrow.parquet as pq
 from driftwatch.errors import InputError
 from driftwatch.science.catalogue import Catalogue
 
-__all__ = ["write_catalogue", "read_catalogue", "read_catalogue_provenance", "META_KEY"]
+__all__ = ["write_catalogue", "read_catalogue", "read_catalogue_cached",
+           "read_catalogue_provenance", "META_KEY"]
 
 META_KEY = b"driftwatch"
 
@@ -115,3 +118,41 @@ def read_catalogue(path: str | os.PathLike[str]) -> Catalogue:
             cols[name] = col.to_numpy(zero_copy_only=False)
     return Catalogue(field=str(meta.get("field", "")), zp_source=dict(meta.get("zp_source", {})),
                      **cols)
+
+
+#: Catalogues kept by :func:`read_catalogue_cached` in one process (a worker serves one or two
+#: fields a night; each field's catalogue is a few MB).
+CACHE_SIZE = 4
+_cache: OrderedDict[tuple[str, int, int, int], Catalogue] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def read_catalogue_cached(path: str | os.PathLike[str]) -> Catalogue:
+    """Read a catalogue as :func:`read_catalogue` does, reusing this process's last reads.
+
+    A worker reduces the 61 CCDs of an exposure, and the next exposures of the same field,
+    against one field catalogue: reading and decoding its ~60,000 rows for every CCD cost
+    ~25 ms each time. The cache key is the file's resolved path, inode, size and modification
+    time, so a catalogue rebuilt in place (written to a temporary name and renamed, a new
+    inode) is read anew. The arrays of a cached catalogue are read-only: reductions share it.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return read_catalogue(path)  # raises the usual InputError
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        cat = _cache.get(key)
+        if cat is not None:
+            _cache.move_to_end(key)
+            return cat
+    cat = read_catalogue(path)
+    for value in vars(cat).values():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    with _cache_lock:
+        _cache[key] = cat
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return cat

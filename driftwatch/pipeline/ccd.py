@@ -129,7 +129,7 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
 
 def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.io.decam import read_ccd, read_dq
-    from driftwatch.io.catalogue import read_catalogue
+    from driftwatch.io.catalogue import read_catalogue_cached
     from driftwatch.science.astrometry import match_trails
     from driftwatch.science.background import mask_from_dq, measure_background
     from driftwatch.science.classify import (
@@ -183,7 +183,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         notes.append("no reference catalogue: trails have no star IDs")
     else:
         with timer.stage("match"):
-            cat = read_catalogue(task.catalogue_path)
+            cat = read_catalogue_cached(task.catalogue_path)
             match = match_trails(det, cat, ccd.wcs, p.drift_rate_arcsec_s, image.shape,
                                  match_radius_px=p.match_radius_px,
                                  pointing_tolerance_arcsec=p.pointing_tolerance_arcsec)

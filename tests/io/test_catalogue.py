@@ -64,3 +64,18 @@ def test_missing_or_bad_files_raise_input_error(tmp_path):
     pd.DataFrame({"x": [1]}).to_parquet(other)
     with pytest.raises(InputError, match="lacks column"):
         read_catalogue(other)
+
+
+def test_cached_read_reuses_the_catalogue_until_the_file_is_replaced(tmp_path):
+    from driftwatch.io.catalogue import read_catalogue_cached
+
+    path = write_catalogue(_cat(5), tmp_path / "F9.parquet")
+    first = read_catalogue_cached(path)
+    assert read_catalogue_cached(path) is first          # second CCD: no re-read
+    with pytest.raises(ValueError):                        # shared between reductions
+        first.ra[0] = 0.0
+    write_catalogue(_cat(3), path)                         # rebuilt: temp name, then rename
+    again = read_catalogue_cached(path)
+    assert again is not first and again.n == 3
+    with pytest.raises(InputError, match="not found"):
+        read_catalogue_cached(tmp_path / "nope.parquet")
