@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.io import fits
 
+from driftwatch.io.arrow import as_strings, column_to_arrow, strings_to_arrow
+
 __all__ = ["ProductWriter", "product_writer", "write_table", "read_provenance"]
 
 META_KEY = b"driftwatch"
@@ -38,13 +40,11 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray], provenance: Mappi
         col = np.asarray(col)
         if col.dtype == object or col.dtype.kind == "U":
             # astropy's reader needs non-null strings and their width: "" stands for none
-            values = ["" if v is None else str(v) for v in col]
-            arrays[name] = pa.array(values, pa.string())
-            width = max((len(v) for v in values), default=0)
+            arrays[name], width = strings_to_arrow(as_strings(col))
             meta[f"table::len::{name}".encode()] = str(max(width, 1)).encode()
         else:
-            arrays[name] = pa.array(col)
-    table = pa.table(arrays)
+            arrays[name] = column_to_arrow(col)
+    table = pa.Table.from_arrays(list(arrays.values()), names=list(arrays))
     if units:
         meta[b"driftwatch.units"] = json.dumps(dict(units), sort_keys=True).encode()
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
