@@ -30,13 +30,13 @@ neighbour overlapping part of the trail does not).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from driftwatch.science._stats import row_nanmedian
-from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
 __all__ = ["EventCandidates", "difference_scatter", "duration_grid", "event_shape", "smeared_shape",
@@ -51,15 +51,23 @@ def _magnification(u: np.ndarray) -> np.ndarray:
     return (u * u + 2.0) / (u * np.sqrt(u * u + 4.0))
 
 
+def _impact(magnification: float) -> float:
+    """Lens-source separation u (Einstein radii) at which the point lens magnifies by A > 1.
+
+    A = (u^2 + 2) / (u sqrt(u^2 + 4)) squared is a quadratic in u^2 whose positive root is
+    u^2 = 2 (A / sqrt(A^2 - 1) - 1).
+    """
+    a = float(magnification)
+    return math.sqrt(2.0 * (a / math.sqrt(a * a - 1.0) - 1.0))
+
+
 def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np.ndarray:
     """Return the unit-peak point-lens excess ``(A(t) - 1) / (A(0) - 1)`` at times ``t``.
 
     ``duration_s`` is the FWHM of ``A - 1`` and ``amplitude`` its peak (which sets the wings).
     """
-    from scipy.optimize import brentq
-
-    u0 = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude, 1e-6, 1e3)
-    uh = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude / 2, u0, 1e4)
+    u0 = _impact(1.0 + amplitude)
+    uh = _impact(1.0 + amplitude / 2.0)
     t_e = duration_s / (2.0 * np.sqrt(uh * uh - u0 * u0))
     u = np.sqrt(u0 * u0 + (np.asarray(t, float) / t_e) ** 2)
     return (_magnification(u) - 1.0) / amplitude
@@ -85,7 +93,8 @@ def smeared_shape(lags: np.ndarray, duration_s: float, smear_sigma_s: float,
     kern = (np.exp(-0.5 * (kern_t / smear_sigma_s) ** 2) if smear_kernel is None
             else np.asarray(smear_kernel(kern_t), float))
     kern = kern / kern.sum()
-    conv = fftconvolve(shape, kern, mode="same")
+    # direct convolution (a few thousand by a few hundred points), centred as scipy's "same"
+    conv = np.convolve(shape, kern, mode="full")[(kern.size - 1) // 2:][:shape.size]
     return np.interp(lags, grid, conv)
 
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.ndimage as ndi
 from scipy.special import ndtr
-from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
 from driftwatch.errors import ScienceError
@@ -296,6 +295,10 @@ def trail_kernel(geometry: DriftGeometry, fwhm_px: float) -> np.ndarray:
 
 def _fft_filter_map(image: np.ndarray, background: Background, mask: np.ndarray | None,
                     geometry: DriftGeometry, fwhm_px: float) -> FilterMap:
+    # imported here: scipy.signal brings scipy.optimize, stats and interpolate (~37 MB per
+    # worker), and this general-angle path is not DECam's along-x drift
+    from scipy.signal import fftconvolve
+
     data = _clean_image(image, background, mask)
     kern = trail_kernel(geometry, fwhm_px).astype(np.float32)
     filt = fftconvolve(data, kern[::-1, ::-1], mode="same").astype(np.float32)

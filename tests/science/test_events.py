@@ -138,3 +138,11 @@ def test_smeared_shape_conserves_fluence():
         shape = smeared_shape(lags, dur, SMEAR, 0.1)
         raw = event_shape(lags, dur, 0.1)
         assert abs(np.trapezoid(shape, lags) / np.trapezoid(raw, lags) - 1) < 0.02
+
+
+def test_impact_parameter_inverts_the_point_lens_magnification():
+    from driftwatch.science.events import _impact, _magnification
+
+    for amp in (1e-3, 0.05, 0.3, 1.0, 10.0):
+        u = _impact(1.0 + amp)
+        assert abs(float(_magnification(np.array(u))) - 1.0 - amp) < 1e-9 * max(amp, 1.0)
