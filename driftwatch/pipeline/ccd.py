@@ -69,13 +69,23 @@ class CcdResult:
 
 
 def _return_freed_memory() -> None:
-    """Give the C heap's freed pages back to the system (glibc ``malloc_trim``).
+    """Free this CCD's arrays now, and give the C heap's freed pages back to the system.
 
-    A worker reduces CCD after CCD; glibc keeps the pages of the arrays freed at the end of
-    one (they grow its heap when a large block is freed, see ``mallopt`` M_MMAP_THRESHOLD),
-    so without this the worker's resident size ratchets up by ~100 MB after its first CCD.
-    Elsewhere (no glibc) it does nothing.
+    Exceptions that libraries raise and catch (astropy's date parsing during a module's first
+    import, for one) can stay in reference cycles whose frames reach, through ``f_back``, the
+    frame of :func:`_reduce` and all its full-size arrays (~85 MB); only the cyclic garbage
+    collector frees them, so a full collection runs here, after which the survivors (modules,
+    caches) are frozen out of later collections (each then costs ~1 ms, not ~30).
+    Then glibc ``malloc_trim``: a worker reduces CCD after CCD, and glibc keeps the pages of
+    the arrays freed at the end of one (they grow its heap when a large block is freed, see
+    ``mallopt`` M_MMAP_THRESHOLD). Without both, the worker's resident size between CCDs
+    stayed ~110 MB above its imports and its next CCD peaked that much higher (VmHWM of a
+    second CCD 555-600 MB, 453 MB with them). Elsewhere (no glibc) the trim does nothing.
     """
+    import gc
+
+    gc.collect()
+    gc.freeze()
     global _TRIM
     if _TRIM is None:
         try:

@@ -113,3 +113,35 @@ def test_full_size_ccd(tmp_path):
     assert s.ok, s.error
     assert s.n_trails > 700
     assert len(s.candidates) <= 3   # no events injected: at most a stray one
+
+
+def test_a_reduction_leaves_none_of_its_arrays_behind(event_exposure, tmp_path, monkeypatch):
+    # Libraries raise and catch exceptions that stay in reference cycles (exception ->
+    # traceback -> frame -> exception), and a frame reaches the reduction's frame, with its
+    # full-size arrays, through f_back: reduce_ccd must free them before it returns, or the
+    # worker's next CCD peaks that much higher. A stage that leaves such a cycle stands in.
+    import gc
+
+    import driftwatch.science.sky as sky
+
+    real = sky.local_sky
+
+    def cyclic_local_sky(*args, **kwargs):
+        try:
+            raise ValueError("caught and kept, as astropy's date parsing does")
+        except ValueError as exc:
+            kept = exc  # noqa: F841 - the cycle: this frame -> kept -> traceback -> frame
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sky, "local_sky", cyclic_local_sky)
+    scene, _, img, dq, _, _, _ = event_exposure
+    gc.collect()
+    gc.disable()  # no automatic collection may do reduce_ccd's work for it
+    try:
+        s = reduce_ccd(_task(img, dq, tmp_path / "p", scene.ccd, 4242))
+        alive = [o for o in gc.get_objects() if type(o).__name__ == "frame" and
+                 o.f_code.co_name == "_reduce" and o.f_code.co_filename.endswith("ccd.py")]
+    finally:
+        gc.enable()
+    assert s.ok
+    assert alive == []
