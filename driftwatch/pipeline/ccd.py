@@ -131,7 +131,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.io.decam import read_ccd, read_dq
     from driftwatch.io.catalogue import read_catalogue
     from driftwatch.science.astrometry import match_trails
-    from driftwatch.science.background import mask_from_dq, measure_background
+    from driftwatch.science.background import dq_in, mask_from_dq, measure_background
     from driftwatch.science.classify import (
         bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
     )
@@ -165,7 +165,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         mask = mask_from_dq(dq, image, ccd.saturate)
         sat_mask = image >= ccd.saturate
         if dq is not None:
-            sat_mask |= (dq == 3) | (dq == 4)
+            sat_mask |= dq_in(dq, (3, 4))  # saturated, bleed trail
         bg = measure_background(image, mask)
     fwhm = ccd.fwhm_px if ccd.fwhm_px and ccd.fwhm_px > 0 else DEFAULT_FWHM_PX
     if not ccd.fwhm_px:
