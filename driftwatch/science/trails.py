@@ -787,19 +787,33 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     ai = np.rint(a[:, None] * ux - c[None, :] * uy).astype(np.intp)          # (na, nc) dx
     aj = np.rint(a[:, None] * uy + c[None, :] * ux).astype(np.intp)          # (na, nc) dy
 
+    off = aj * nx + ai                                                      # (na, nc)
+    lo_x, hi_x, lo_y, hi_y = int(ai.min()), int(ai.max()), int(aj.min()), int(aj.max())
+    img_flat = image.ravel()
+    mask_flat = None if mask is None else mask.ravel()
+
     def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
-        ix = xi.astype(np.intp)[:, None, None] + ai[None]
-        iy = yi.astype(np.intp)[:, None, None] + aj[None]
-        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        flat = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
-        del ix, iy
-        vals = image.ravel()[flat]
-        good = inside & np.isfinite(vals)
-        if mask is not None:
-            good &= ~mask.ravel()[flat]
+        xs, ys = xi.astype(np.intp), yi.astype(np.intp)
+        flat = (ys * nx + xs)[:, None, None] + off[None]
+        inside = np.ones(flat.shape, dtype=bool)
+        # windows wholly on the CCD (nearly all) need no bounds test or clipping
+        part = np.flatnonzero((xs + lo_x < 0) | (xs + hi_x >= nx) |
+                              (ys + lo_y < 0) | (ys + hi_y >= ny))
+        if part.size:
+            ix = xs[part][:, None, None] + ai[None]
+            iy = ys[part][:, None, None] + aj[None]
+            inside[part] = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+            flat[part] = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
+            del ix, iy
+        vals = np.take(img_flat, flat)
+        good = np.isfinite(vals)
+        if part.size:
+            good &= inside
+        if mask_flat is not None:
+            good &= ~np.take(mask_flat, flat)
         sky = background.back_at(xi, yi).astype(np.float32)
         w = vals.astype(np.float32, copy=False) - sky[:, None, None]
-        w[~good] = 0.0
+        np.copyto(w, np.float32(0.0), where=~good)
         return w, good, inside, flat
 
     w, good, inside, flat = gather(xi, yi)
