@@ -68,6 +68,43 @@ class CcdResult:
     n_matched: int
 
 
+def _libc() -> Any:
+    """glibc, or False where there is none (then the heap tuning below does nothing)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim, _LIBC.mallopt  # noqa: B018 - both must exist
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
+_LIBC: Any = None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_TUNED = False
+
+
+def _keep_heap_during_ccd() -> None:
+    """Let glibc reuse freed pages within a CCD instead of returning and faulting them again.
+
+    A CCD's reduction allocates and frees many 1-30 MB temporaries. By default glibc serves
+    them by mmap (above its adaptive threshold) or trims the heap top after a free, so each
+    new temporary is fresh pages the kernel zeroes on first touch (~0.06-0.1 s of system
+    time per CCD). With a fixed 32 MB mmap threshold and no automatic trimming they come
+    from the heap already resident; :func:`_return_freed_memory` still trims once per CCD,
+    so the resident size between CCDs is unchanged. Set once per process.
+    """
+    global _HEAP_TUNED
+    libc = _libc()
+    if libc and not _HEAP_TUNED:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    _HEAP_TUNED = True
+
+
 def _return_freed_memory() -> None:
     """Give the C heap's freed pages back to the system (glibc ``malloc_trim``).
 
@@ -76,19 +113,9 @@ def _return_freed_memory() -> None:
     so without this the worker's resident size ratchets up by ~100 MB after its first CCD.
     Elsewhere (no glibc) it does nothing.
     """
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
+    libc = _libc()
+    if libc:
+        libc.malloc_trim(0)
 
 
 def reduce_ccd(task: CcdTask) -> CcdSummary:
@@ -103,6 +130,7 @@ def reduce_ccd(task: CcdTask) -> CcdSummary:
     """
     timer = _Timer()
     where = f"{task.image_path} [{task.ccd}]"
+    _keep_heap_during_ccd()
     try:
         result = _reduce(task, timer)
         with timer.stage("write"):
