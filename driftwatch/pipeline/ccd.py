@@ -256,15 +256,20 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
             dq[streaks & (dq == 0)] = 8
             notes.append(f"{len(lines.theta) + int(seg_lines.sum())} streak(s) masked")
+        # full-size masks no later stage reads: freed now, not at the end of the CCD (the
+        # worker's peak resident size comes in extraction and the event search)
+        del mask, sat_mask, cls_mask, streaks
     with timer.stage("sky"):
         sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))
         sky_level = np.where(np.isfinite(sky.level), sky.level, bg.back_at(det.xc, det.yc))
+        del covered, bg
     with timer.stage("extract"):
         lc, profile, contamination = extract_trails(
             image, det.x0, det.y0, geom, fwhm_guess=fwhm, flux_guess=det.flux, sky=sky_level,
             gain=ccd.gain, read_noise=ccd.read_noise, saturate=ccd.saturate, dq=dq,
             labels=labels, usable=~det.saturated & ~det.edge)
+        del labels
         sigma = profile.sigma
         # light of another shape across the trail than the star's (a cosmic ray the DQ mask
         # missed, crossing several pixels of a sample) fits the profile far worse than the
