@@ -240,10 +240,14 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
                                saturated=sat_mask, gain=ccd.gain, binned=binned, sky2=sky2)
         seg_lines = (src.cls == "streak") & np.isfinite(src.line_theta)
-        lines = find_streaks(image, bg.global_rms, covered | mask, drift_angle=geom.angle_rad,
+        # the full-size masks are dead once the sources are classified: freed before the
+        # streak search, where a CCD's reduction peaks in memory
+        ignore = covered | mask
+        del mask, sat_mask, cls_mask
+        lines = find_streaks(image, bg.global_rms, ignore, drift_angle=geom.angle_rad,
                              binned2=binned,
                              known=(src.line_theta[seg_lines], src.line_rho[seg_lines]))
-        del binned, sky2
+        del binned, sky2, ignore
         # a "trail" whose source is a round point (a flash the detector took for a short
         # trail) is not a star: no light curve search, its flash comes from classification
         trail_class = np.full(n, "trail", dtype=object)
@@ -256,9 +260,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
             dq[streaks & (dq == 0)] = 8
             notes.append(f"{len(lines.theta) + int(seg_lines.sum())} streak(s) masked")
-        # full-size masks no later stage reads: freed now, not at the end of the CCD (the
-        # worker's peak resident size comes in extraction and the event search)
-        del mask, sat_mask, cls_mask, streaks
+        del streaks  # full size, and no later stage reads it (dq carries the streaks)
     with timer.stage("sky"):
         sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))

@@ -1061,6 +1061,7 @@ def detect_trails(image: np.ndarray, geometry: DriftGeometry, background: Backgr
     rows, cols = np.divmod(peaks, snr_map.shape[1])
     psnr = snr_map.ravel()[peaks].astype(np.float64) / scale
     xp = fmap.x_of_col[cols]
+    del snr_map, fmap  # the map (16 MB for a full CCD) is not needed by the refinement
     yp = rows.astype(np.float64)
     sigma = _psf_sigma(fwhm_px)
     across = np.maximum(fwhm_px, sigma * np.sqrt(2.0 * np.log(np.maximum(psnr, threshold_sigma)
