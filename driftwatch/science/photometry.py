@@ -460,12 +460,14 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     h = int(np.ceil(1.3 * profile.fwhm)) + 1 if half_width is None else int(half_width)
     g = trail_grid(x0, y0, geom, h, image.shape)
     ny, nx = image.shape
-    iyc = g.iy.clip(0, ny - 1)
-    ixc = g.ix.clip(0, nx - 1)
+    # one flat index serves the four images read on the grid (pixels, DQ, two label maps);
+    # the rows of a trail along x are one per offset, (n, 1, w), broadcast over samples
+    iy = g.iy[:, :1, :] if g.iy.strides[1] == 0 else g.iy
+    flat = np.clip(iy, 0, ny - 1) * nx + np.clip(g.ix, 0, nx - 1)
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
     # CCD's reduction); every sum over a sample's pixels is accumulated in float64
     f32 = np.float32
-    data = image[iyc, ixc].astype(f32)
+    data = _on_grid(image, flat).astype(f32, copy=False)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1)).astype(f32)
     # along a pixel axis the across distances are the same for every sample of a trail:
@@ -478,7 +480,7 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     w_ok = g.inside.copy()
     flags |= np.where((~g.inside).any(axis=2), FLAG_EDGE, 0).astype(np.uint16)
     if dq is not None:
-        codes = dq[iyc, ixc].astype(np.uint16)
+        codes = _on_grid(dq, flat).astype(np.uint16)
         codes[~g.inside] = 0
         bits = np.where((codes > 0) & (codes <= 15), np.left_shift(1, codes.astype(np.int64)), 0)
         bits = np.where(prof > 1e-3, bits, 0)
@@ -494,7 +496,7 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     if labels is not None:
         first, last = labels
         own = np.arange(1, n + 1, dtype=np.int32)[:, None, None]
-        lf, ll = first[iyc, ixc], last[iyc, ixc]
+        lf, ll = _on_grid(first, flat), _on_grid(last, flat)
         other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
         del lf, ll
         flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
@@ -576,6 +578,13 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                        s=g.s, coverage=cov, shift=shift / cov, shift_err=shift_err / cov)
 
 
+def _on_grid(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Return ``arr`` (ny, nx) at the flat pixel indices ``flat`` (any shape), same dtype."""
+    if arr.flags.c_contiguous:
+        return np.take(arr.reshape(-1), flat)
+    return arr[np.divmod(flat, arr.shape[1])]
+
+
 def flag_neighbours(lc: LightCurves, contamination: np.ndarray, *,
                     model_error: float = 0.1, blend_sigma: float = 3.0) -> LightCurves:
     """Add the neighbour model's uncertainty to the errors; flag BLEND where it matters.
@@ -624,7 +633,7 @@ class Contamination:
 
 def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
                             profile: LineProfile, baseline: np.ndarray, s: np.ndarray,
-                            half_width: int) -> Contamination:
+                            half_width: int, *, pixels: bool = True) -> Contamination:
     """Model the flux each trail's neighbours put into its extraction window.
 
     Each neighbour is a uniform trail of per-sample flux ``baseline`` (interior level), blurred
@@ -645,6 +654,9 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
         Along-trail coordinate of each sample (:attr:`TrailGrid.s`).
     half_width : int
         Half width of the extraction window, pixels.
+    pixels : bool
+        Also model the light pixel by pixel (:attr:`Contamination.pixels`, (n, m, w)
+        float64); without it ``pixels`` is None.
     """
     from scipy.spatial import cKDTree
 
@@ -652,7 +664,7 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     y0 = np.asarray(y0, float)
     n, m = s.shape
     out = np.zeros((n, m))
-    pix = np.zeros((n, m, 2 * half_width + 1))
+    pix = np.zeros((n, m, 2 * half_width + 1)) if pixels else None
     if n < 2:
         return Contamination(out, np.zeros(n), 0, pix)
     ux, uy = geom.unit
@@ -684,8 +696,15 @@ def neighbour_contamination(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry,
     # neighbour's coverage at the target's samples (its own along coordinate is s - ds)
     cov = profile.cdf(s[i] - ds[:, None]) - profile.cdf(s[i] - ds[:, None] - L)
     contrib = (overlap * baseline[j])[:, None] * cov
-    np.add.at(out, i, contrib)
-    np.add.at(pix, i, (baseline[j][:, None] * cov)[:, :, None] * p_n[:, None, :])
+    # np.bincount adds its weights in input order, as np.add.at does (the same sums to
+    # the last bit), without add.at's per-element overhead
+    out = np.bincount((i[:, None] * m + np.arange(m)).ravel(), weights=contrib.ravel(),
+                      minlength=n * m).reshape(n, m)
+    if pixels:
+        w = 2 * half_width + 1
+        per_pix = (baseline[j][:, None] * cov)[:, :, None] * p_n[:, None, :]
+        pix = np.bincount((i[:, None] * (m * w) + np.arange(m * w)).ravel(),
+                          weights=per_pix.ravel(), minlength=n * m * w).reshape(n, m, w)
     base = np.where(baseline > 0, baseline, np.inf)
     return Contamination(out, out.max(axis=1) / base, int(i.size), pix)
 
@@ -721,7 +740,8 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     m = n_samples(geom)
     s0 = np.arange(m, dtype=float)[None, :] + np.zeros((x0.size, 1))
     per_sample = np.asarray(flux_guess, float) / max(geom.length_px, 1.0)
-    first = neighbour_contamination(x0, y0, geom, guess, np.nan_to_num(per_sample), s0, h)
+    first = neighbour_contamination(x0, y0, geom, guess, np.nan_to_num(per_sample), s0, h,
+                                    pixels=False)
     isolated = first.fraction < 0.01
     if usable is not None:
         isolated &= np.asarray(usable, bool)
@@ -741,7 +761,8 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
         base = row_nanmedian(np.where(interior, lc.flux, np.nan))
     base = np.where(np.isfinite(base), base, per_sample)
     # the measured levels give the final neighbour model: its uncertainty decides BLEND flags
-    con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h)
+    con = neighbour_contamination(x0, y0, geom, profile, np.nan_to_num(base), lc.s, h,
+                                  pixels=False)
     return flag_neighbours(lc, con.flux), profile, con
 
 
