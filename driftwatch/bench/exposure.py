@@ -12,7 +12,9 @@ What is measured, per run (median, min and max over the runs):
   per-CCD worker seconds, the pool's occupancy during the span, and
   ``cores_used_by_other_processes`` from the rename to the last CCD done (the CPU the rest of a
   shared machine took: system busy time minus this process tree's, daemon and workers
-  included).
+  included), and ``daemon_cpu_s``, the CPU seconds of the daemon's own process (watcher, gate,
+  dispatcher, database, alerts; its workers not included) over the same interval, which the
+  workers compete with for the cores.
 
 Set-up, none of it timed: the inputs are simulated once per process and cached (a full run
 renders 61 full-size CCDs with 1,000 stars each for each of the g, r and VR exposures, fixed
@@ -300,8 +302,10 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
             t_complete = _deliver(inp.image, incoming)
             mono_complete = time.monotonic()
             probe = _OtherCpu()
+            daemon_cpu0 = _cpu_s(daemon.pid)
             exp, jobs = _wait_exposure(db, inp.expnum, len(inp.ccds), timeout_s, alive)
             others = probe.cores()
+            daemon_cpu = _cpu_s(daemon.pid) - daemon_cpu0
             alert_mono = None
             end = time.monotonic() + 60.0
             while alert_mono is None and time.monotonic() < end and alive():
@@ -343,7 +347,16 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
         "candidates": sum(int(j[6] or 0) for j in jobs),
         "cores_used_by_other_processes": others,
         "daemon_start_to_ready_s": ready_s,
+        "daemon_cpu_s": daemon_cpu,
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of one process, its children not included."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 class _OtherCpu:
@@ -413,7 +426,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     for key in ("complete_to_planned_s", "complete_to_first_ccd_start_s",
                 "complete_to_last_ccd_done_s", "reduction_span_s", "ccd_worker_s_median",
-                "occupancy", "cores_used_by_other_processes", "daemon_start_to_ready_s"):
+                "occupancy", "cores_used_by_other_processes", "daemon_start_to_ready_s",
+                "daemon_cpu_s"):
         out[key] = _spread([r[key] for r in results])
     alerts = [r["complete_to_alert_s"] for r in results if r["complete_to_alert_s"] is not None]
     out["complete_to_alert_s"] = _spread(alerts) if alerts else None
