@@ -227,21 +227,33 @@ def bin2x2(data: np.ndarray, mask: np.ndarray | None = None,
     return out
 
 
-def _smooth(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+def _smooth(img: np.ndarray, k: np.ndarray, block: int = 64) -> np.ndarray:
     """Separable convolution with the symmetric float32 taps ``k``, zero outside the image.
 
     Shifted slice additions in float32 (rows, then columns): faster than scipy's filters,
-    which work in float64 line buffers.
+    which work in float64 line buffers. Done by blocks of ``block`` rows (the row pass reads
+    ``r`` rows beyond the block), so each block's temporaries stay in the CPU cache; every
+    output value gets the same additions in the same order as on the whole image.
     """
     r = k.size // 2
-    a = img * k[r]
-    for j in range(1, r + 1):
-        a[j:] += k[r - j] * img[:-j]
-        a[:-j] += k[r + j] * img[j:]
-    out = a * k[r]
-    for j in range(1, r + 1):
-        out[:, j:] += k[r - j] * a[:, :-j]
-        out[:, :-j] += k[r + j] * a[:, j:]
+    ny = img.shape[0]
+    out = np.empty(img.shape, dtype=np.result_type(img, k))
+    for r0 in range(0, ny, block):
+        r1 = min(ny, r0 + block)
+        n = r1 - r0
+        a = img[r0:r1] * k[r]
+        for j in range(1, r + 1):
+            s = max(0, j - r0)                 # rows i of the block with i - j >= 0
+            if s < n:
+                a[s:] += k[r - j] * img[r0 + s - j:r1 - j]
+            e = min(n, ny - j - r0)            # rows i with i + j < ny
+            if e > 0:
+                a[:e] += k[r + j] * img[r0 + j:r0 + e + j]
+        o = out[r0:r1]
+        np.multiply(a, k[r], out=o)
+        for j in range(1, r + 1):
+            o[:, j:] += k[r - j] * a[:, :-j]
+            o[:, :-j] += k[r + j] * a[:, j:]
     return out
 
 
