@@ -814,9 +814,9 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         sky = background.back_at(xi, yi).astype(np.float32)
         w = vals.astype(np.float32, copy=False) - sky[:, None, None]
         np.copyto(w, np.float32(0.0), where=~good)
-        return w, good, inside, flat
+        return w, good, inside, flat, part
 
-    w, good, inside, flat = gather(xi, yi)
+    w, good, inside, flat, part = gather(xi, yi)
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -845,7 +845,11 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # fits below (the centroid above and the aperture sums use the pixels as they are)
     wsum = np.sum(wc, axis=1)[:, None]
     cover_a = np.einsum("nac,nc->na", good.astype(np.float32), wc) / wsum
-    on_ccd = np.einsum("nac,nc->na", inside.astype(np.float32), wc) / wsum
+    # (a window wholly on the CCD has all its weight there: only the others are summed)
+    on_ccd = np.ones(prof_a.shape)
+    if part.size:
+        on_ccd[part] = np.einsum("nac,nc->na", inside[part].astype(np.float32),
+                                 wc[part]) / wsum[part]
     # (beyond the CCD's edge nothing is known: those samples stay empty, not filled)
     prof_fit = _fill_gaps(prof_a, (cover_a < 0.9) & (on_ccd >= 0.9))
     shifts = np.arange(-shift_max, shift_max + 1e-9, _SHIFT_STEP)
@@ -965,7 +969,12 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # FWHM >= 3 px gives < 25%). Without them (and their neighbours), is a trail still there?
     if w.shape[1] > 2 and w.shape[2] > 2:
         core = w[:, 1:-1, 1:-1]
-        lap = core - 0.25 * (w[:, :-2, 1:-1] + w[:, 2:, 1:-1] + w[:, 1:-1, :-2] + w[:, 1:-1, 2:])
+        # core - (sum of the 4 neighbours) / 4, the same operations in place
+        lap = np.add(w[:, :-2, 1:-1], w[:, 2:, 1:-1])
+        lap += w[:, 1:-1, :-2]
+        lap += w[:, 1:-1, 2:]
+        lap *= np.float32(0.25)
+        np.subtract(core, lap, out=lap)
         hit = np.zeros(w.shape, dtype=bool)
         hit[:, 1:-1, 1:-1] = (lap > 5.0 * rms[:, None, None]) & (lap > 0.4 * core)
         if hit.any():
