@@ -125,3 +125,25 @@ def test_trail_off_the_ccd_is_flagged_edge():
     lc = extract_light_curves(img, np.array([20.0]), np.array([30.0]), g, profile=prof,
                               sky=SKY, gain=GAIN, read_noise=RN)
     assert (lc.flags[0, -5:] & FLAG_EDGE).all() and not lc.good[0, -5:].any()
+
+
+def test_extraction_by_blocks_of_trails_is_the_same(monkeypatch):
+    """Trails are extracted in blocks (cache-sized temporaries): the split changes no bit."""
+    import driftwatch.science.photometry as ph
+
+    g, x0, y0, rate, img = _field(7, n=24, spacing=9.0)   # close trails: blends, labels
+    prof = LineProfile.gaussian_like(2.3548 * SIGMA)
+    labels = footprint_labels(x0, y0, g, 3 * SIGMA, img.shape)
+    dq = np.zeros(img.shape, np.uint8)
+    dq[40:44, 100:103] = 5
+    sky = SKY + np.arange(x0.size)
+    nb = np.random.default_rng(3).uniform(0, 5, (x0.size, ph.n_samples(g), 2 * 5 + 1))
+    kw = dict(profile=prof, sky=sky, gain=GAIN, read_noise=RN, dq=dq, labels=labels,
+              half_width=5, neighbours=nb)
+    whole = extract_light_curves(img, x0, y0, g, **kw)
+    monkeypatch.setattr(ph, "_EXTRACT_BLOCK", 5)
+    blocks = extract_light_curves(img, x0, y0, g, **kw)
+    assert ((whole.flags & FLAG_BLEND) > 0).any()
+    for f in ("flux", "err", "flags", "good", "t", "x", "y", "chi2", "s", "coverage", "shift",
+              "shift_err"):
+        np.testing.assert_array_equal(getattr(blocks, f), getattr(whole, f), err_msg=f)
