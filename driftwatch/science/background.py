@@ -264,10 +264,14 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
     if n_good < 0.01 * bad.size or n_good < 100:
         raise ScienceError(f"no usable pixels for the background ({n_good} of {bad.size} sampled)")
     if bad.any():
-        sub = np.where(bad, np.float32(0), sub)
-    good_vals = sub[~bad] if bad.any() else sub
-    if float(good_vals.max()) == float(good_vals.min()):
-        raise ScienceError(f"the image is constant ({float(good_vals.min())} ADU): no sky noise")
+        if np.may_share_memory(sub, image):   # step 1 on a float32 image: the caller's pixels
+            sub = sub.copy()
+        sub[bad] = np.float32(0)
+    good = ~bad
+    hi = float(np.max(sub, where=good, initial=-np.inf))
+    lo = float(np.min(sub, where=good, initial=np.inf))
+    if hi == lo:
+        raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
     cell = max(4, int(round(box / step)))
     try:
         bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)
@@ -279,6 +283,6 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
     if not (np.isfinite(gback) and np.isfinite(grms)) or grms <= 0:
         raise ScienceError(f"background has no noise (global rms {grms}): constant or empty image")
     # Cells with no good pixel get sep's global values; guard rms against zeros.
-    rms = np.where(rms > 0, rms, np.float32(grms)).astype(np.float32, copy=False)
+    rms[~(rms > 0)] = np.float32(grms)   # (in place: rms is sep's new float32 map)
     return Background(back=back, rms=rms, step=step, shape=(int(image.shape[0]),
                       int(image.shape[1])), global_back=gback, global_rms=grms, box=int(box))
