@@ -932,15 +932,30 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     def in_aperture(v: np.ndarray) -> np.ndarray:
         return np.sum(np.einsum("nac,nc->na", v, apc) * apa, axis=1, dtype=np.float64)
 
+    def count_in_aperture(v: np.ndarray) -> np.ndarray:
+        """Pixels of the bool windows ``v`` (n, na, nc) inside each aperture, float64 (n,).
+
+        Only the windows holding a True pixel (few: masked, saturated, cosmic-ray pixels)
+        are summed; the counts are exact integers either way.
+        """
+        out = np.zeros(v.shape[0])
+        rows = np.flatnonzero(v.any(axis=(1, 2)))
+        if rows.size:
+            out[rows] = np.sum(np.einsum("nac,nc->na", v[rows].astype(np.float32), apc[rows])
+                               * apa[rows], axis=1, dtype=np.float64)
+        return out
+
     flux = in_aperture(w)
     rms = background.rms_at(xi, yi).astype(np.float64)
-    npix = in_aperture(good.astype(np.float32))
+    # good pixels = the aperture's pixels minus the bad ones (exact integer counts)
+    npix = (np.sum(apa, axis=1, dtype=np.float64) * np.sum(apc, axis=1, dtype=np.float64)
+            - count_in_aperture(~good))
     var = npix * rms**2
     if gain is not None and gain > 0:
         var = var + np.clip(flux, 0.0, None) / gain
-    masked = in_aperture((inside & ~good).astype(np.float32)) > 0
+    masked = count_in_aperture(inside & ~good) > 0
     if sat_mask is not None:
-        saturated = in_aperture((inside & sat_mask.ravel()[flat]).astype(np.float32)) > 0
+        saturated = count_in_aperture(inside & np.take(sat_mask.reshape(-1), flat)) > 0
     else:
         saturated = np.zeros(n, dtype=bool)
     x0 = xc - half_len * ux
@@ -989,7 +1004,7 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
             evidence = np.sum(sig_line * apa, axis=1) / (
                 rms * np.sqrt(np.sum(wc**2, axis=1) * np.maximum(apa.sum(axis=1), 1.0)))
             compact |= has_cr & (evidence < _COMPACT_CR_SNR) & ~saturated
-            masked = masked | (has_cr & (in_aperture(grown.astype(np.float32)) > 0))
+            masked = masked | (count_in_aperture(grown) > 0)   # (only has_cr rows count)
 
     # Common along-trail offset: a brightness change right at the start or the end of the
     # exposure (transparency), which the linear trend cannot follow, shifts every fitted
