@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -210,7 +211,8 @@ def _clean_image(image: np.ndarray, background: Background, mask: np.ndarray | N
 
 
 def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, bin_x: int,
-                    lb: int, taps: np.ndarray, block: int = 64) -> np.ndarray:
+                    lb: int, taps: np.ndarray, block: int = 64,
+                    post: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
     """Box of ``lb`` binned columns along x, then the Gaussian ``taps`` across y, by row blocks.
 
     Parameters
@@ -227,6 +229,9 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
         Symmetric Gaussian taps.
     block : int
         Rows per block.
+    post : callable, optional
+        ``post(rows, r0)`` is applied in place to each block of output rows (CCD rows from
+        ``r0``) while it is still in the cache.
 
     Returns
     -------
@@ -282,6 +287,8 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
             t *= fw[h + j]
             a += t
         out[r0:r1] = a
+        if post is not None:
+            post(out[r0:r1], r0)
     return out
 
 
@@ -322,7 +329,6 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     # only the (small) local-minus-global sky difference, and no noise.
     fill = np.float32(background.global_back)
     taps = _gauss_taps(sigma)
-    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps)
     x_of_col = np.arange(nb - lb + 1) * bin_x + (bin_x * lb - 1) / 2.0
     # The sky is smooth on the kernel scale: subtracting sky(centre) * sum(kernel) after the
     # filter equals filtering the sky-subtracted image, at a quarter of the cost. Rows near the
@@ -331,7 +337,11 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     ksq_rows = ndi.correlate1d(np.ones(ny, dtype=np.float32), taps * taps, mode="constant",
                                cval=0.0)
     norm_rows = np.sqrt(bin_x * lb * ksq_rows.astype(np.float64)).astype(np.float32)
-    background.subtract_divide_rows(filt, x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
+    # (Background.subtract_divide_rows, applied to each block of rows as it is filtered)
+    scaling = background.row_scaling(x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
+    block = scaling.blk * max(1, round(64 / scaling.blk))
+    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=scaling.apply)
+    scaling.finish(filt)
     if not np.isfinite(filt).all():
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
         nonfinite = ~np.isfinite(img)
