@@ -444,15 +444,20 @@ def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
     idx = np.flatnonzero(flat > threshold)
     # Along-trail neighbours first: they remove most candidates of a ridge, so the later
     # comparisons run on few pixels. Ties go to the lower index (one maximum per flat top).
+    r, c = np.divmod(idx, nx)
+    v = flat[idx]
+
+    def step(x: np.ndarray, d: int, hi: int) -> np.ndarray:
+        # x + d clipped to [0, hi] (a neighbour beyond the edge is taken at the edge)
+        return x if d == 0 else (np.maximum(x - 1, 0) if d < 0 else np.minimum(x + 1, hi))
+
     for dr, dc in ((0, -1), (0, 1), (-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)):
         if idx.size == 0:
             break
-        r, c = np.divmod(idx, nx)
-        rr = np.clip(r + dr, 0, ny - 1)
-        cc = np.clip(c + dc, 0, nx - 1)
-        nbi = rr * nx + cc
-        v, nb = flat[idx], flat[nbi]
-        idx = idx[(v > nb) | ((v == nb) & (nbi >= idx))]
+        nbi = step(r, dr, ny - 1) * nx + step(c, dc, nx - 1)
+        nb = flat[nbi]
+        keep = (v > nb) | ((v == nb) & (nbi >= idx))
+        idx, r, c, v = idx[keep], r[keep], c[keep], v[keep]
     return idx
 
 
