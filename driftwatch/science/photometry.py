@@ -51,7 +51,8 @@ from driftwatch.science.geometry import DriftGeometry
 
 __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
-    "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
+    "LightCurves", "TrailGrid", "trail_grid", "pixels_at", "footprint_labels",
+    "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
     "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess",
 ]
@@ -508,7 +509,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
     # CCD's reduction); every sum over a sample's pixels is accumulated in float64
     f32 = np.float32
-    data = _on_grid(image, flat).astype(f32, copy=False)
+    data = pixels_at(image, flat).astype(f32, copy=False)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1)).astype(f32)
     # along a pixel axis the across distances are the same for every sample of a trail:
@@ -521,7 +522,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     w_ok = g.inside.copy()
     flags |= np.where((~g.inside).any(axis=2), FLAG_EDGE, 0).astype(np.uint16)
     if dq is not None:
-        codes = _on_grid(dq, flat).astype(np.uint16)
+        codes = pixels_at(dq, flat).astype(np.uint16)
         codes[~g.inside] = 0
         bits = np.where((codes > 0) & (codes <= 15), np.left_shift(1, codes.astype(np.int64)), 0)
         bits = np.where(prof > 1e-3, bits, 0)
@@ -537,7 +538,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     if labels is not None:
         first, last = labels
         own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
-        lf, ll = _on_grid(first, flat), _on_grid(last, flat)
+        lf, ll = pixels_at(first, flat), pixels_at(last, flat)
         other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
         del lf, ll
         flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
@@ -619,7 +620,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                        s=g.s, coverage=cov, shift=shift / cov, shift_err=shift_err / cov)
 
 
-def _on_grid(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
+def pixels_at(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """Return ``arr`` (ny, nx) at the flat pixel indices ``flat`` (any shape), same dtype."""
     if arr.flags.c_contiguous:
         return np.take(arr.reshape(-1), flat)
