@@ -832,6 +832,9 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         return w, good, inside, flat, part
 
     w, good, inside, flat, part = gather(xi, yi)
+    # saturated pixels of each window, read now: the (n, na, nc) int64 index is not kept
+    sat_w = None if sat_mask is None else inside & np.take(sat_mask.reshape(-1), flat)
+    del flat
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -932,7 +935,8 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         split_of[rows] = np.arange(n, n + rows.size)
         split_of[n:] = rows
         cc, wc, prof_a = cc[parent], wc[parent], prof_a[parent]
-        w, good, inside, flat = w[parent], good[parent], inside[parent], flat[parent]
+        w, good, inside = w[parent], good[parent], inside[parent]
+        sat_w = None if sat_w is None else sat_w[parent]
         xi, yi, snr_hint = xi[parent], yi[parent], snr_hint[parent] * share
         extra = np.where(split_of >= 0, 0.0, extra[parent])
         n = parent.size
@@ -969,8 +973,8 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     if gain is not None and gain > 0:
         var = var + np.clip(flux, 0.0, None) / gain
     masked = count_in_aperture(inside & ~good) > 0
-    if sat_mask is not None:
-        saturated = count_in_aperture(inside & np.take(sat_mask.reshape(-1), flat)) > 0
+    if sat_w is not None:
+        saturated = count_in_aperture(sat_w) > 0
     else:
         saturated = np.zeros(n, dtype=bool)
     x0 = xc - half_len * ux
