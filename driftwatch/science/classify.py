@@ -839,9 +839,16 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     crop = (slice(0, by * bin_px), slice(0, bx * bin_px))
     if binned2 is not None and bin_px % 2 == 0:
         h = bin_px // 2
-        m = masked[crop].view(np.uint8)
-        pair = m[:, 0::2] | m[:, 1::2]           # columns, then contiguous rows
-        bad = (pair[0::2] | pair[1::2]).view(bool)
+        m = masked[crop]
+        if m.shape[1] % 2 == 0 and m.strides[1] == 1:
+            # two neighbouring bool bytes read as one uint16: non-zero where either is
+            # set, the column pairs without a copy; then the rows
+            pair = m.view(np.uint16)
+            bad = (pair[0::2] | pair[1::2]) != 0
+        else:
+            m = m.view(np.uint8)
+            pair = m[:, 0::2] | m[:, 1::2]       # columns, then contiguous rows
+            bad = (pair[0::2] | pair[1::2]).view(bool)
         del pair
         vals = np.where(bad, np.float32(0), binned2[:by * h, :bx * h])
         tot = _bin_sum(_bin_sum(vals, h, 1), h, 0)
@@ -888,20 +895,22 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     ri += off
     ri = ri.astype(np.int64)
     acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
-    need = np.full(nr * thetas.size, min_votes, np.int64)
+    # votes each angle's cells need (cell k has angle k // nr)
+    need = np.full(thetas.size, min_votes, np.int64)
     if drift_angle is not None:
         # the line's direction is theta + 90 degrees
         dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
-        need = np.repeat(np.where(dang < np.radians(3.0), drift_votes, min_votes), nr)
+        need = np.where(dang < np.radians(3.0), drift_votes, min_votes).astype(np.int64)
     # a cell below its need never gets there (votes are only taken away)
-    acc[acc < need] = 0
+    acc2 = acc[:nr * thetas.size].reshape(thetas.size, nr)
+    acc2[acc2 < need[:, None]] = 0
     alive = np.ones(px.size, bool)
     for _ in range(max_lines):
         if alive.sum() < min_votes:
             break
         x, y = px[alive], py[alive]
         best = int(np.argmax(acc))
-        while 0 < acc[best] < need[best]:   # fell below its need as lines were removed
+        while 0 < acc[best] < need[best // nr]:   # fell below its need as lines were removed
             acc[best] = 0
             best = int(np.argmax(acc))
         if acc[best] < min_votes:
@@ -923,7 +932,7 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         am = 0.5 * (a0 + a1)
         idx = np.flatnonzero(alive)
         alive[idx[near]] = False
-        acc -= np.bincount(ri[idx[near]].ravel(), minlength=acc.size)
+        np.subtract.at(acc, ri[idx[near]].ravel(), 1)
         # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
         # a chance alignment of faint sources is not
         a = np.arange(a0, a1 + bin_px, bin_px / 2)
