@@ -522,13 +522,25 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     w_ok = g.inside.copy()
     flags |= np.where((~g.inside).any(axis=2), FLAG_EDGE, 0).astype(np.uint16)
     if dq is not None:
-        codes = pixels_at(dq, flat).astype(np.uint16)
+        codes = pixels_at(dq, flat)
         codes[~g.inside] = 0
-        bits = np.where((codes > 0) & (codes <= 15), np.left_shift(1, codes.astype(np.int64)), 0)
-        bits = np.where(prof > 1e-3, bits, 0)
-        flags |= np.bitwise_or.reduce(bits, axis=2).astype(np.uint16)
-        core_bad = np.bitwise_or.reduce(np.where(core, bits, 0), axis=2) & _BAD_DQ_BITS
         w_ok &= codes == 0
+        # few pixels carry a code: their bits are OR-ed into their samples' flags directly
+        # (the same bits as a reduction over every pixel of the (n, m, w) grid)
+        nz = np.flatnonzero(codes)
+        cv = codes.ravel()[nz].astype(np.int64)
+        use = (cv <= 15) & (prof[np.unravel_index(nz, codes.shape)] > 1e-3)
+        nz, cv = nz[use], cv[use]
+        wdt = codes.shape[2]
+        sample = nz // wdt
+        bit = np.left_shift(1, cv)
+        acc = np.zeros(flags.size, dtype=np.int64)
+        np.bitwise_or.at(acc, sample, bit)
+        flags |= acc.reshape(flags.shape).astype(np.uint16)
+        in_core = core.reshape(-1)[nz]
+        acc[:] = 0
+        np.bitwise_or.at(acc, sample[in_core], bit[in_core])
+        core_bad = acc.reshape(flags.shape) & _BAD_DQ_BITS
     else:
         flags |= FLAG_NODQ
         core_bad = np.zeros(g.s.shape, dtype=np.int64)
