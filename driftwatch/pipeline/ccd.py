@@ -186,7 +186,9 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         else:
             notes.append("no DQ mask")
         image = ccd.image
-        if not np.isfinite(image).any():
+        # (a coarse sample finds a finite pixel at once in any real CCD; the full test runs
+        # only when it does not)
+        if not (np.isfinite(image[::61, ::59]).any() or np.isfinite(image).any()):
             raise InputError(f"{task.image_path} [{task.ccd}]: no finite pixel")
     with timer.stage("background"):
         geom = drift_geometry(ccd.wcs, p.drift_rate_arcsec_s, ccd.exptime)
