@@ -226,7 +226,10 @@ def dq_in(dq: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
     if cs == list(range(lo, hi + 1)):
         if lo == 0:
             return dq <= np.uint8(hi)
-        return np.subtract(dq, np.uint8(lo)) <= np.uint8(hi - lo)
+        # the comparison written over the difference (bool and uint8 are both one byte):
+        # one 8 MB temporary for a full CCD instead of two
+        t = np.subtract(dq, np.uint8(lo))
+        return np.less_equal(t, np.uint8(hi - lo), out=t.view(bool))
     out = dq == np.uint8(cs[0])
     for c in cs[1:]:
         out |= dq == np.uint8(c)
@@ -263,7 +266,8 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
     if saturate is not None and np.isfinite(saturate):
         # one comparison masks NaN, +inf and the saturated pixels alike (NaN < s is False);
         # only -inf escapes it, and a min() (no temporary) tells whether any is there
-        mask |= ~(img < saturate)
+        below = np.less(img, saturate)
+        mask |= np.logical_not(below, out=below)
         lo = img.min() if img.size else 0.0
         if np.isnan(lo) or np.isneginf(lo):
             mask |= ~np.isfinite(img)
