@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from driftwatch.science._stats import row_nanmedian
 
@@ -502,14 +504,12 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     h = int(np.ceil(1.3 * profile.fwhm)) + 1 if half_width is None else int(half_width)
     g = trail_grid(x0, y0, geom, h, image.shape)
     ny, nx = image.shape
-    # one flat index serves the four images read on the grid (pixels, DQ, two label maps);
-    # the rows of a trail along x are one per offset, (n, 1, w), broadcast over samples
-    iy = g.iy[:, :1, :] if g.iy.strides[1] == 0 else g.iy
-    flat = np.clip(iy, 0, ny - 1) * nx + np.clip(g.ix, 0, nx - 1)
+    # one reader serves the four images read on the grid (pixels, DQ, two label maps)
+    read = grid_reader(g, image.shape)
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
     # CCD's reduction); every sum over a sample's pixels is accumulated in float64
     f32 = np.float32
-    data = pixels_at(image, flat).astype(f32, copy=False)
+    data = read(image).astype(f32, copy=False)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1)).astype(f32)
     # along a pixel axis the across distances are the same for every sample of a trail:
@@ -522,7 +522,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     w_ok = g.inside.copy()
     flags |= np.where((~g.inside).any(axis=2), FLAG_EDGE, 0).astype(np.uint16)
     if dq is not None:
-        codes = pixels_at(dq, flat)
+        codes = read(dq)
         codes[~g.inside] = 0
         w_ok &= codes == 0
         # few pixels carry a code: their bits are OR-ed into their samples' flags directly
@@ -550,7 +550,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     if labels is not None:
         first, last = labels
         own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
-        lf, ll = pixels_at(first, flat), pixels_at(last, flat)
+        lf, ll = read(first), read(last)
         other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
         del lf, ll
         flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
@@ -637,6 +637,46 @@ def pixels_at(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
     if arr.flags.c_contiguous:
         return np.take(arr.reshape(-1), flat)
     return arr[np.divmod(flat, arr.shape[1])]
+
+
+def grid_reader(g: TrailGrid, shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """Return ``read(arr)``: an (ny, nx) image at every pixel of the grid ``g``, (n, m, w).
+
+    Pixels off the image read the nearest edge pixel (``g.inside`` tells them). A trail
+    along a pixel axis whose grid is a plain rectangle of the image (its column steps by one
+    per sample and its row by one per offset, all on the image: nearly every trail) is
+    copied as a block from a sliding-window view, rows of contiguous pixels; the others are
+    gathered through a flat index. The same values either way.
+    """
+    ny, nx = shape
+    n, m, w = g.ix.shape
+    iy1 = g.iy[:, :1, :] if g.iy.strides[1] == 0 else None
+    rect = np.zeros(n, dtype=bool)
+    if iy1 is not None and n and m > 1 and w > 1 and ny >= w and nx >= m:
+        sk = int(np.sign(g.ix[0, 1, 0] - g.ix[0, 0, 0])) or 1
+        sj = int(np.sign(iy1[0, 0, 1] - iy1[0, 0, 0])) or 1
+        rect = ((g.ix == g.ix[:, :1, :1] + sk * np.arange(m)[None, :, None]).all(axis=(1, 2))
+                & (iy1[:, 0, :] == iy1[:, 0, :1] + sj * np.arange(w)[None, :]).all(axis=1)
+                & g.inside.all(axis=(1, 2)))
+    rows = np.flatnonzero(rect)
+    rest = np.flatnonzero(~rect)
+    iy_rest = (g.iy if iy1 is None else iy1)[rest]
+    flat = np.clip(iy_rest, 0, ny - 1) * nx + np.clip(g.ix[rest], 0, nx - 1)
+    if rows.size:
+        c0 = g.ix[rows, 0 if sk > 0 else m - 1, 0]
+        r0 = iy1[rows, 0, 0 if sj > 0 else w - 1]
+
+    def read(arr: np.ndarray) -> np.ndarray:
+        if not rows.size:
+            return pixels_at(arr, flat)
+        out = np.empty((n, m, w), dtype=arr.dtype)
+        blocks = sliding_window_view(arr, (w, m))[r0, c0]                  # (k, w, m)
+        out[rows] = blocks[:, ::sj, ::sk].transpose(0, 2, 1)
+        if rest.size:
+            out[rest] = pixels_at(arr, flat)
+        return out
+
+    return read
 
 
 def flag_neighbours(lc: LightCurves, contamination: np.ndarray, *,

@@ -147,3 +147,21 @@ def test_extraction_by_blocks_of_trails_is_the_same(monkeypatch):
     for f in ("flux", "err", "flags", "good", "t", "x", "y", "chi2", "s", "coverage", "shift",
               "shift_err"):
         np.testing.assert_array_equal(getattr(blocks, f), getattr(whole, f), err_msg=f)
+
+
+@pytest.mark.parametrize("dx_dt, dy_dt", [(-1.9, 0.0), (1.9, 0.005), (-1.9, -0.01), (1.2, 1.3)])
+def test_grid_reader_equals_direct_indexing(dx_dt, dy_dt):
+    """Block reads of rectangular trail grids give the same pixels as direct indexing."""
+    from driftwatch.science.geometry import DriftGeometry
+    from driftwatch.science.photometry import grid_reader, trail_grid
+
+    g = DriftGeometry(dx_dt=dx_dt, dy_dt=dy_dt, exptime=20.0)
+    rng = np.random.default_rng(11)
+    shape = (120, 150)
+    img = rng.normal(size=shape).astype(np.float32)
+    # trails inside, across every edge and off the image
+    x0 = np.r_[rng.uniform(45, 105, 20), [2.0, 148.0, 75.0, 75.0, -30.0, 170.0]]
+    y0 = np.r_[rng.uniform(10, 110, 20), [60.0, 60.0, 1.2, 118.7, 60.0, 60.0]]
+    grid = trail_grid(x0, y0, g, 6, shape)
+    want = img[grid.iy.clip(0, shape[0] - 1), grid.ix.clip(0, shape[1] - 1)]
+    np.testing.assert_array_equal(grid_reader(grid, shape)(img), want)
