@@ -583,7 +583,11 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
             model = f.astype(f32)[:, :, None] * prof
             var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
             z2 = w * (d - model) ** 2 / (var + (f32(model_error) * model) ** 2)
-            worst = z2.max(axis=2, keepdims=True)
+            # (the maximum over a pixel row by w - 1 elementwise passes: a reduction over
+            # the short last axis costs a loop per sample)
+            worst = z2[:, :, :1].copy()
+            for j in range(1, z2.shape[2]):
+                np.maximum(worst, z2[:, :, j:j + 1], out=worst)
             reject = (z2 >= worst) & (worst > clip_sigma ** 2)
             del model, var, z2
             if not reject.any():
