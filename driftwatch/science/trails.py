@@ -1048,19 +1048,24 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         np.subtract(core, lap, out=lap)
         hit = np.zeros(w.shape, dtype=bool)
         hit[:, 1:-1, 1:-1] = (lap > 5.0 * rms[:, None, None]) & (lap > 0.4 * core)
-        if hit.any():
+        # only the windows with a hit (few) are tested further, each on its own
+        cr = np.flatnonzero(hit.any(axis=(1, 2)))
+        if cr.size:
+            hit = hit[cr]
             grown = hit.copy()
             grown[:, 1:, :] |= hit[:, :-1, :]
             grown[:, :-1, :] |= hit[:, 1:, :]
             grown[:, :, 1:] |= hit[:, :, :-1]
             grown[:, :, :-1] |= hit[:, :, 1:]
-            has_cr = np.any(grown, axis=(1, 2))
-            clean_w = np.where(grown, np.float32(0.0), w)
-            sig_line = np.einsum("nac,nc->na", clean_w, wc.astype(np.float32))
-            evidence = np.sum(sig_line * apa, axis=1) / (
-                rms * np.sqrt(np.sum(wc**2, axis=1) * np.maximum(apa.sum(axis=1), 1.0)))
-            compact |= has_cr & (evidence < _COMPACT_CR_SNR) & ~saturated
-            masked = masked | (count_in_aperture(grown) > 0)   # (only has_cr rows count)
+            clean_w = np.where(grown, np.float32(0.0), w[cr])
+            sig_line = np.einsum("nac,nc->na", clean_w, wc[cr].astype(np.float32))
+            evidence = np.sum(sig_line * apa[cr], axis=1) / (
+                rms[cr] * np.sqrt(np.sum(wc[cr]**2, axis=1) *
+                                  np.maximum(apa[cr].sum(axis=1), 1.0)))
+            compact[cr] |= (evidence < _COMPACT_CR_SNR) & ~saturated[cr]
+            masked = masked.copy()
+            masked[cr] |= np.sum(np.einsum("nac,nc->na", grown.astype(np.float32), apc[cr])
+                                 * apa[cr], axis=1, dtype=np.float64) > 0
 
     # Common along-trail offset: a brightness change right at the start or the end of the
     # exposure (transparency), which the linear trend cannot follow, shifts every fitted
