@@ -18,7 +18,8 @@ import sep
 
 from driftwatch.errors import ScienceError
 
-__all__ = ["Background", "measure_background", "mask_from_dq", "dq_in", "MASK_CODES"]
+__all__ = ["Background", "RowScaling", "measure_background", "mask_from_dq", "dq_in",
+           "MASK_CODES"]
 
 #: CP data-quality codes treated as unusable for detection and centroiding:
 #: 1 bad pixel, 2 no data, 3 saturated, 4 bleed trail, 5 cosmic ray. A cosmic-ray hit is a few
@@ -124,8 +125,15 @@ class Background:
         linearly in x and taken at the first row of each ``block`` of rows (a whole number
         of mesh steps, >= ``block`` rows): they vary on the mesh scale (64 px), so within 16
         rows they change by a few thousandths of their variation, and reading them once per
-        block saves interpolating (ny, m) maps.
+        block saves interpolating (ny, m) maps. (:meth:`row_scaling` does the same by parts.)
         """
+        sc = self.row_scaling(x, back_scale, rms_scale, block)
+        sc.apply(data, 0)
+        sc.finish(data)
+
+    def row_scaling(self, x: np.ndarray, back_scale: np.ndarray, rms_scale: np.ndarray,
+                    block: int = 16) -> "RowScaling":
+        """Return :meth:`subtract_divide_rows` split into parts that can follow row blocks."""
         ny = self.shape[0]
         st = self.step
         blk = st * max(1, -(-block // st))
@@ -141,26 +149,65 @@ class Background:
         ks0, rs0 = np.float32(np.max(back_scale)), np.float32(np.max(rms_scale))
         cb *= ks0
         cr *= rs0
-        nfull = (ny // blk) * blk
-        view = data[:nfull].reshape(ny // blk, blk, -1)
-        view -= cb[: ny // blk, None, :]
-        view /= cr[: ny // blk, None, :]
-        if nfull < ny:
-            data[nfull:] -= cb[-1][None, :]
-            data[nfull:] /= cr[-1][None, :]
-        odd = np.flatnonzero((back_scale != ks0) | (rms_scale != rs0))
-        if odd.size:
-            b = cb[np.minimum(odd // blk, cb.shape[0] - 1)] / ks0
-            r = cr[np.minimum(odd // blk, cr.shape[0] - 1)] / rs0
-            # from (d - k0 b) / (r0 r) to (d - k b) / (r_s r) for those rows
-            orig = data[odd] * (rs0 * r) + ks0 * b
-            data[odd] = (orig - back_scale[odd, None] * b) / (rms_scale[odd, None] * r)
+        return RowScaling(blk=blk, cb=cb, cr=cr, ks0=ks0, rs0=rs0,
+                          back_scale=np.asarray(back_scale), rms_scale=np.asarray(rms_scale))
 
     def _full(self, m: np.ndarray) -> np.ndarray:
         ny, nx = self.shape
         if self.step == 1:
             return m
         return np.repeat(np.repeat(m, self.step, axis=0), self.step, axis=1)[:ny, :nx]
+
+
+@dataclass(frozen=True)
+class RowScaling:
+    """:meth:`Background.subtract_divide_rows` in parts: :meth:`apply` on any run of rows
+    starting at a multiple of ``blk`` (in any order), then :meth:`finish` once.
+
+    Attributes
+    ----------
+    blk : int
+        Rows sharing one sample of the maps.
+    cb, cr : ndarray, float32, shape (ceil(ny / blk), m)
+        Sky times the constant back factor, noise times the constant rms factor, per block.
+    ks0, rs0 : float32
+        The constant factors (the largest ``back_scale`` and ``rms_scale``).
+    back_scale, rms_scale : ndarray, shape (ny,)
+        The per-row factors.
+    """
+
+    blk: int
+    cb: np.ndarray
+    cr: np.ndarray
+    ks0: np.float32
+    rs0: np.float32
+    back_scale: np.ndarray
+    rms_scale: np.ndarray
+
+    def apply(self, rows: np.ndarray, r0: int) -> None:
+        """In place on ``rows`` (k, m), CCD rows ``r0 .. r0 + k``: subtract, divide."""
+        blk = self.blk
+        if r0 % blk:
+            raise ValueError(f"row {r0} does not start a block of {blk} rows")
+        k0, nfull = r0 // blk, rows.shape[0] // blk
+        view = rows[:nfull * blk].reshape(nfull, blk, rows.shape[1])
+        view -= self.cb[k0:k0 + nfull, None, :]
+        view /= self.cr[k0:k0 + nfull, None, :]
+        if nfull * blk < rows.shape[0]:     # the CCD's last, partial block
+            rows[nfull * blk:] -= self.cb[k0 + nfull][None, :]
+            rows[nfull * blk:] /= self.cr[k0 + nfull][None, :]
+
+    def finish(self, data: np.ndarray) -> None:
+        """Correct the rows whose factors differ from the constant ones, ``data`` (ny, m)."""
+        ks0, rs0, blk = self.ks0, self.rs0, self.blk
+        bs, rsc = self.back_scale, self.rms_scale
+        odd = np.flatnonzero((bs != ks0) | (rsc != rs0))
+        if odd.size:
+            b = self.cb[np.minimum(odd // blk, self.cb.shape[0] - 1)] / ks0
+            r = self.cr[np.minimum(odd // blk, self.cr.shape[0] - 1)] / rs0
+            # from (d - k0 b) / (r0 r) to (d - k b) / (r_s r) for those rows
+            orig = data[odd] * (rs0 * r) + ks0 * b
+            data[odd] = (orig - bs[odd, None] * b) / (rsc[odd, None] * r)
 
 
 def dq_in(dq: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
@@ -179,7 +226,10 @@ def dq_in(dq: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
     if cs == list(range(lo, hi + 1)):
         if lo == 0:
             return dq <= np.uint8(hi)
-        return np.subtract(dq, np.uint8(lo)) <= np.uint8(hi - lo)
+        # the comparison written over the difference (bool and uint8 are both one byte):
+        # one 8 MB temporary for a full CCD instead of two
+        t = np.subtract(dq, np.uint8(lo))
+        return np.less_equal(t, np.uint8(hi - lo), out=t.view(bool))
     out = dq == np.uint8(cs[0])
     for c in cs[1:]:
         out |= dq == np.uint8(c)
@@ -216,7 +266,8 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
     if saturate is not None and np.isfinite(saturate):
         # one comparison masks NaN, +inf and the saturated pixels alike (NaN < s is False);
         # only -inf escapes it, and a min() (no temporary) tells whether any is there
-        mask |= ~(img < saturate)
+        below = np.less(img, saturate)
+        mask |= np.logical_not(below, out=below)
         lo = img.min() if img.size else 0.0
         if np.isnan(lo) or np.isneginf(lo):
             mask |= ~np.isfinite(img)
@@ -264,10 +315,14 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
     if n_good < 0.01 * bad.size or n_good < 100:
         raise ScienceError(f"no usable pixels for the background ({n_good} of {bad.size} sampled)")
     if bad.any():
-        sub = np.where(bad, np.float32(0), sub)
-    good_vals = sub[~bad] if bad.any() else sub
-    if float(good_vals.max()) == float(good_vals.min()):
-        raise ScienceError(f"the image is constant ({float(good_vals.min())} ADU): no sky noise")
+        if np.may_share_memory(sub, image):   # step 1 on a float32 image: the caller's pixels
+            sub = sub.copy()
+        sub[bad] = np.float32(0)
+    good = ~bad
+    hi = float(np.max(sub, where=good, initial=-np.inf))
+    lo = float(np.min(sub, where=good, initial=np.inf))
+    if hi == lo:
+        raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
     cell = max(4, int(round(box / step)))
     try:
         bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)
@@ -279,6 +334,6 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
     if not (np.isfinite(gback) and np.isfinite(grms)) or grms <= 0:
         raise ScienceError(f"background has no noise (global rms {grms}): constant or empty image")
     # Cells with no good pixel get sep's global values; guard rms against zeros.
-    rms = np.where(rms > 0, rms, np.float32(grms)).astype(np.float32, copy=False)
+    rms[~(rms > 0)] = np.float32(grms)   # (in place: rms is sep's new float32 map)
     return Background(back=back, rms=rms, step=step, shape=(int(image.shape[0]),
                       int(image.shape[1])), global_back=gback, global_rms=grms, box=int(box))

@@ -227,21 +227,33 @@ def bin2x2(data: np.ndarray, mask: np.ndarray | None = None,
     return out
 
 
-def _smooth(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+def _smooth(img: np.ndarray, k: np.ndarray, block: int = 64) -> np.ndarray:
     """Separable convolution with the symmetric float32 taps ``k``, zero outside the image.
 
     Shifted slice additions in float32 (rows, then columns): faster than scipy's filters,
-    which work in float64 line buffers.
+    which work in float64 line buffers. Done by blocks of ``block`` rows (the row pass reads
+    ``r`` rows beyond the block), so each block's temporaries stay in the CPU cache; every
+    output value gets the same additions in the same order as on the whole image.
     """
     r = k.size // 2
-    a = img * k[r]
-    for j in range(1, r + 1):
-        a[j:] += k[r - j] * img[:-j]
-        a[:-j] += k[r + j] * img[j:]
-    out = a * k[r]
-    for j in range(1, r + 1):
-        out[:, j:] += k[r - j] * a[:, :-j]
-        out[:, :-j] += k[r + j] * a[:, j:]
+    ny = img.shape[0]
+    out = np.empty(img.shape, dtype=np.result_type(img, k))
+    for r0 in range(0, ny, block):
+        r1 = min(ny, r0 + block)
+        n = r1 - r0
+        a = img[r0:r1] * k[r]
+        for j in range(1, r + 1):
+            s = max(0, j - r0)                 # rows i of the block with i - j >= 0
+            if s < n:
+                a[s:] += k[r - j] * img[r0 + s - j:r1 - j]
+            e = min(n, ny - j - r0)            # rows i with i + j < ny
+            if e > 0:
+                a[:e] += k[r + j] * img[r0 + j:r0 + e + j]
+        o = out[r0:r1]
+        np.multiply(a, k[r], out=o)
+        for j in range(1, r + 1):
+            o[:, j:] += k[r - j] * a[:, :-j]
+            o[:, :-j] += k[r + j] * a[:, j:]
     return out
 
 
@@ -827,9 +839,16 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     crop = (slice(0, by * bin_px), slice(0, bx * bin_px))
     if binned2 is not None and bin_px % 2 == 0:
         h = bin_px // 2
-        m = masked[crop].view(np.uint8)
-        pair = m[:, 0::2] | m[:, 1::2]           # columns, then contiguous rows
-        bad = (pair[0::2] | pair[1::2]).view(bool)
+        m = masked[crop]
+        if m.shape[1] % 2 == 0 and m.strides[1] == 1:
+            # two neighbouring bool bytes read as one uint16: non-zero where either is
+            # set, the column pairs without a copy; then the rows
+            pair = m.view(np.uint16)
+            bad = (pair[0::2] | pair[1::2]) != 0
+        else:
+            m = m.view(np.uint8)
+            pair = m[:, 0::2] | m[:, 1::2]       # columns, then contiguous rows
+            bad = (pair[0::2] | pair[1::2]).view(bool)
         del pair
         vals = np.where(bad, np.float32(0), binned2[:by * h, :bx * h])
         tot = _bin_sum(_bin_sum(vals, h, 1), h, 0)
@@ -876,20 +895,22 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     ri += off
     ri = ri.astype(np.int64)
     acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
-    need = np.full(nr * thetas.size, min_votes, np.int64)
+    # votes each angle's cells need (cell k has angle k // nr)
+    need = np.full(thetas.size, min_votes, np.int64)
     if drift_angle is not None:
         # the line's direction is theta + 90 degrees
         dang = np.abs(np.angle(np.exp(2j * (thetas + np.pi / 2 - drift_angle)))) / 2
-        need = np.repeat(np.where(dang < np.radians(3.0), drift_votes, min_votes), nr)
+        need = np.where(dang < np.radians(3.0), drift_votes, min_votes).astype(np.int64)
     # a cell below its need never gets there (votes are only taken away)
-    acc[acc < need] = 0
+    acc2 = acc[:nr * thetas.size].reshape(thetas.size, nr)
+    acc2[acc2 < need[:, None]] = 0
     alive = np.ones(px.size, bool)
     for _ in range(max_lines):
         if alive.sum() < min_votes:
             break
         x, y = px[alive], py[alive]
         best = int(np.argmax(acc))
-        while 0 < acc[best] < need[best]:   # fell below its need as lines were removed
+        while 0 < acc[best] < need[best // nr]:   # fell below its need as lines were removed
             acc[best] = 0
             best = int(np.argmax(acc))
         if acc[best] < min_votes:
@@ -911,7 +932,7 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         am = 0.5 * (a0 + a1)
         idx = np.flatnonzero(alive)
         alive[idx[near]] = False
-        acc -= np.bincount(ri[idx[near]].ravel(), minlength=acc.size)
+        np.subtract.at(acc, ri[idx[near]].ravel(), 1)
         # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
         # a chance alignment of faint sources is not
         a = np.arange(a0, a1 + bin_px, bin_px / 2)

@@ -41,9 +41,11 @@ pixel with CP codes 1-4 or 8 in its core, and keeps at least 70 % of its profile
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from driftwatch.science._stats import row_nanmedian
 
@@ -51,7 +53,8 @@ from driftwatch.science.geometry import DriftGeometry
 
 __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
-    "LightCurves", "TrailGrid", "trail_grid", "footprint_labels", "extract_light_curves",
+    "LightCurves", "TrailGrid", "trail_grid", "pixels_at", "footprint_labels",
+    "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
     "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess",
 ]
@@ -456,18 +459,57 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     x0 = np.atleast_1d(np.asarray(x0, dtype=float))
     y0 = np.atleast_1d(np.asarray(y0, dtype=float))
     n = x0.size
+    kw = dict(profile=profile, gain=gain, read_noise=read_noise, saturate=saturate, dq=dq,
+              labels=labels, half_width=half_width, clip_sigma=clip_sigma,
+              model_error=model_error)
+    # Every step is per trail (sums over a sample's pixels at most): by blocks of trails the
+    # (block, m, w) temporaries stay in the CPU cache, the results are the same to the bit,
+    # and the extraction's peak memory is a block's.
+    if n <= _EXTRACT_BLOCK:
+        return _extract_block(image, x0, y0, geom, sky=sky, neighbours=neighbours, **kw)
+    sky_arr = np.asarray(sky, dtype=float)
+    parts = []
+    for i in range(0, n, _EXTRACT_BLOCK):
+        sl = slice(i, i + _EXTRACT_BLOCK)
+        parts.append(_extract_block(
+            image, x0[sl], y0[sl], geom, sky=sky_arr[sl] if sky_arr.ndim else sky,
+            neighbours=None if neighbours is None else neighbours[sl], label_offset=i, **kw))
+    return LightCurves(**{f.name: np.concatenate([getattr(q, f.name) for q in parts])
+                          for f in fields(LightCurves)})
+
+
+#: Trails per block of :func:`extract_light_curves`: (256, 39, 15) float32 arrays are 600 kB.
+_EXTRACT_BLOCK = 256
+
+
+def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
+                         geom: DriftGeometry, *, profile: LineProfile,
+                         sky: np.ndarray | float,
+                         gain: float, read_noise: float, saturate: float = np.inf,
+                         dq: np.ndarray | None = None,
+                         labels: tuple[np.ndarray, np.ndarray] | None = None,
+                         half_width: int | None = None, clip_sigma: float = 5.0,
+                         model_error: float = 0.05,
+                         neighbours: np.ndarray | None = None,
+                         label_offset: int = 0) -> LightCurves:
+    """Extract the light curves of a block of trails (see :func:`extract_light_curves`).
+
+    ``label_offset`` is the index of the block's first trail among all trails (its label in
+    ``labels`` is ``label_offset + 1``).
+    """
+    x0 = np.atleast_1d(np.asarray(x0, dtype=float))
+    y0 = np.atleast_1d(np.asarray(y0, dtype=float))
+    n = x0.size
     sigma = profile.sigma
     h = int(np.ceil(1.3 * profile.fwhm)) + 1 if half_width is None else int(half_width)
     g = trail_grid(x0, y0, geom, h, image.shape)
     ny, nx = image.shape
-    # one flat index serves the four images read on the grid (pixels, DQ, two label maps);
-    # the rows of a trail along x are one per offset, (n, 1, w), broadcast over samples
-    iy = g.iy[:, :1, :] if g.iy.strides[1] == 0 else g.iy
-    flat = np.clip(iy, 0, ny - 1) * nx + np.clip(g.ix, 0, nx - 1)
+    # one reader serves the four images read on the grid (pixels, DQ, two label maps)
+    read = grid_reader(g, image.shape)
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
     # CCD's reduction); every sum over a sample's pixels is accumulated in float64
     f32 = np.float32
-    data = _on_grid(image, flat).astype(f32, copy=False)
+    data = read(image).astype(f32, copy=False)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
                               if np.ndim(sky) else np.asarray(sky, float), (n, 1, 1)).astype(f32)
     # along a pixel axis the across distances are the same for every sample of a trail:
@@ -478,28 +520,40 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     core = np.abs(g.d) <= 2.0 * sigma
     flags = np.zeros(g.s.shape, dtype=np.uint16)
     w_ok = g.inside.copy()
-    flags |= np.where((~g.inside).any(axis=2), FLAG_EDGE, 0).astype(np.uint16)
+    flags |= np.where(_any_across(~g.inside), FLAG_EDGE, 0).astype(np.uint16)
     if dq is not None:
-        codes = _on_grid(dq, flat).astype(np.uint16)
+        codes = read(dq)
         codes[~g.inside] = 0
-        bits = np.where((codes > 0) & (codes <= 15), np.left_shift(1, codes.astype(np.int64)), 0)
-        bits = np.where(prof > 1e-3, bits, 0)
-        flags |= np.bitwise_or.reduce(bits, axis=2).astype(np.uint16)
-        core_bad = np.bitwise_or.reduce(np.where(core, bits, 0), axis=2) & _BAD_DQ_BITS
         w_ok &= codes == 0
+        # few pixels carry a code: their bits are OR-ed into their samples' flags directly
+        # (the same bits as a reduction over every pixel of the (n, m, w) grid)
+        nz = np.flatnonzero(codes)
+        cv = codes.ravel()[nz].astype(np.int64)
+        use = (cv <= 15) & (prof[np.unravel_index(nz, codes.shape)] > 1e-3)
+        nz, cv = nz[use], cv[use]
+        wdt = codes.shape[2]
+        sample = nz // wdt
+        bit = np.left_shift(1, cv)
+        acc = np.zeros(flags.size, dtype=np.int64)
+        np.bitwise_or.at(acc, sample, bit)
+        flags |= acc.reshape(flags.shape).astype(np.uint16)
+        in_core = core.reshape(-1)[nz]
+        acc[:] = 0
+        np.bitwise_or.at(acc, sample[in_core], bit[in_core])
+        core_bad = acc.reshape(flags.shape) & _BAD_DQ_BITS
     else:
         flags |= FLAG_NODQ
         core_bad = np.zeros(g.s.shape, dtype=np.int64)
     sat = (data >= saturate) & g.inside & (prof > 1e-3)
-    flags |= np.where(sat.any(axis=2), FLAG_SATURATED, 0).astype(np.uint16)
+    flags |= np.where(_any_across(sat), FLAG_SATURATED, 0).astype(np.uint16)
     w_ok &= ~sat
     if labels is not None:
         first, last = labels
-        own = np.arange(1, n + 1, dtype=np.int32)[:, None, None]
-        lf, ll = _on_grid(first, flat), _on_grid(last, flat)
+        own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
+        lf, ll = read(first), read(last)
         other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
         del lf, ll
-        flags |= np.where((other & core & g.inside).any(axis=2), FLAG_BLEND, 0).astype(np.uint16)
+        flags |= np.where(_any_across(other & core & g.inside), FLAG_BLEND, 0).astype(np.uint16)
 
     d = data - sky_arr
     ron2 = f32((read_noise / gain) ** 2)
@@ -529,12 +583,16 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
             model = f.astype(f32)[:, :, None] * prof
             var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
             z2 = w * (d - model) ** 2 / (var + (f32(model_error) * model) ** 2)
-            worst = z2.max(axis=2, keepdims=True)
+            # (the maximum over a pixel row by w - 1 elementwise passes: a reduction over
+            # the short last axis costs a loop per sample)
+            worst = z2[:, :, :1].copy()
+            for j in range(1, z2.shape[2]):
+                np.maximum(worst, z2[:, :, j:j + 1], out=worst)
             reject = (z2 >= worst) & (worst > clip_sigma ** 2)
             del model, var, z2
             if not reject.any():
                 break
-            flags |= np.where(reject.any(axis=2), FLAG_OUTLIER, 0).astype(np.uint16)
+            flags |= np.where(_any_across(reject), FLAG_OUTLIER, 0).astype(np.uint16)
             w = np.where(reject, f32(0.0), w)
     a = w * pv
     den = sum2(a * prof)
@@ -578,11 +636,60 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                        s=g.s, coverage=cov, shift=shift / cov, shift_err=shift_err / cov)
 
 
-def _on_grid(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
+def pixels_at(arr: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """Return ``arr`` (ny, nx) at the flat pixel indices ``flat`` (any shape), same dtype."""
     if arr.flags.c_contiguous:
         return np.take(arr.reshape(-1), flat)
     return arr[np.divmod(flat, arr.shape[1])]
+
+
+def _any_across(b: np.ndarray) -> np.ndarray:
+    """``b.any(axis=2)`` for a bool (n, m, w) grid, by w - 1 elementwise ORs (a reduction
+    over the short last axis costs a loop per sample)."""
+    out = b[:, :, 0].copy()
+    for j in range(1, b.shape[2]):
+        out |= b[:, :, j]
+    return out
+
+
+def grid_reader(g: TrailGrid, shape: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """Return ``read(arr)``: an (ny, nx) image at every pixel of the grid ``g``, (n, m, w).
+
+    Pixels off the image read the nearest edge pixel (``g.inside`` tells them). A trail
+    along a pixel axis whose grid is a plain rectangle of the image (its column steps by one
+    per sample and its row by one per offset, all on the image: nearly every trail) is
+    copied as a block from a sliding-window view, rows of contiguous pixels; the others are
+    gathered through a flat index. The same values either way.
+    """
+    ny, nx = shape
+    n, m, w = g.ix.shape
+    iy1 = g.iy[:, :1, :] if g.iy.strides[1] == 0 else None
+    rect = np.zeros(n, dtype=bool)
+    if iy1 is not None and n and m > 1 and w > 1 and ny >= w and nx >= m:
+        sk = int(np.sign(g.ix[0, 1, 0] - g.ix[0, 0, 0])) or 1
+        sj = int(np.sign(iy1[0, 0, 1] - iy1[0, 0, 0])) or 1
+        rect = ((g.ix == g.ix[:, :1, :1] + sk * np.arange(m)[None, :, None]).all(axis=(1, 2))
+                & (iy1[:, 0, :] == iy1[:, 0, :1] + sj * np.arange(w)[None, :]).all(axis=1)
+                & g.inside.all(axis=(1, 2)))
+    rows = np.flatnonzero(rect)
+    rest = np.flatnonzero(~rect)
+    iy_rest = (g.iy if iy1 is None else iy1)[rest]
+    flat = np.clip(iy_rest, 0, ny - 1) * nx + np.clip(g.ix[rest], 0, nx - 1)
+    if rows.size:
+        c0 = g.ix[rows, 0 if sk > 0 else m - 1, 0]
+        r0 = iy1[rows, 0, 0 if sj > 0 else w - 1]
+
+    def read(arr: np.ndarray) -> np.ndarray:
+        if not rows.size:
+            return pixels_at(arr, flat)
+        out = np.empty((n, m, w), dtype=arr.dtype)
+        blocks = sliding_window_view(arr, (w, m))[r0, c0]                  # (k, w, m)
+        out[rows] = blocks[:, ::sj, ::sk].transpose(0, 2, 1)
+        if rest.size:
+            out[rest] = pixels_at(arr, flat)
+        return out
+
+    return read
 
 
 def flag_neighbours(lc: LightCurves, contamination: np.ndarray, *,

@@ -16,7 +16,7 @@ import numpy as np
 from driftwatch.science._stats import row_nanmedian
 
 from driftwatch.science.geometry import DriftGeometry
-from driftwatch.science.photometry import trail_grid
+from driftwatch.science.photometry import pixels_at, trail_grid
 
 __all__ = ["LocalSky", "local_sky"]
 
@@ -78,13 +78,16 @@ def local_sky(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeom
                    offsets=j[np.abs(j) >= inner - 1.5])
     ix, iy, ins, d = g.ix, g.iy, g.inside, g.d
     band = ins & (np.abs(d) >= inner) & (np.abs(d) <= outer)
-    iyc = iy.clip(0, image.shape[0] - 1)
-    ixc = ix.clip(0, image.shape[1] - 1)
+    # one flat index for the three images read (the rows of a trail along x are one per
+    # offset, (n, 1, w), broadcast over the samples)
+    ny, nx = image.shape
+    iy1 = iy[:, :1, :] if iy.strides[1] == 0 else iy
+    flat = np.clip(iy1, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
     if covered is not None:
-        band &= ~covered[iyc, ixc]
+        band &= ~pixels_at(covered, flat)
     if dq is not None:
-        band &= dq[iyc, ixc] == 0
-    vals = np.where(band, image[iyc, ixc], np.nan).reshape(len(x0), -1)
+        band &= pixels_at(dq, flat) == 0
+    vals = np.where(band, pixels_at(image, flat), np.nan).reshape(len(x0), -1)
     npix = band.reshape(len(x0), -1).sum(axis=1)
     level = np.full(len(x0), np.nan)
     sigma = np.full(len(x0), np.nan)

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import scipy.ndimage as ndi
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import ndtr
 from scipy.spatial import cKDTree
 
@@ -209,7 +211,8 @@ def _clean_image(image: np.ndarray, background: Background, mask: np.ndarray | N
 
 
 def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, bin_x: int,
-                    lb: int, taps: np.ndarray, block: int = 64) -> np.ndarray:
+                    lb: int, taps: np.ndarray, block: int = 64,
+                    post: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
     """Box of ``lb`` binned columns along x, then the Gaussian ``taps`` across y, by row blocks.
 
     Parameters
@@ -226,6 +229,9 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
         Symmetric Gaussian taps.
     block : int
         Rows per block.
+    post : callable, optional
+        ``post(rows, r0)`` is applied in place to each block of output rows (CCD rows from
+        ``r0``) while it is still in the cache.
 
     Returns
     -------
@@ -281,6 +287,8 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
             t *= fw[h + j]
             a += t
         out[r0:r1] = a
+        if post is not None:
+            post(out[r0:r1], r0)
     return out
 
 
@@ -321,7 +329,6 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     # only the (small) local-minus-global sky difference, and no noise.
     fill = np.float32(background.global_back)
     taps = _gauss_taps(sigma)
-    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps)
     x_of_col = np.arange(nb - lb + 1) * bin_x + (bin_x * lb - 1) / 2.0
     # The sky is smooth on the kernel scale: subtracting sky(centre) * sum(kernel) after the
     # filter equals filtering the sky-subtracted image, at a quarter of the cost. Rows near the
@@ -330,7 +337,11 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     ksq_rows = ndi.correlate1d(np.ones(ny, dtype=np.float32), taps * taps, mode="constant",
                                cval=0.0)
     norm_rows = np.sqrt(bin_x * lb * ksq_rows.astype(np.float64)).astype(np.float32)
-    background.subtract_divide_rows(filt, x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
+    # (Background.subtract_divide_rows, applied to each block of rows as it is filtered)
+    scaling = background.row_scaling(x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
+    block = scaling.blk * max(1, round(64 / scaling.blk))
+    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=scaling.apply)
+    scaling.finish(filt)
     if not np.isfinite(filt).all():
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
         nonfinite = ~np.isfinite(img)
@@ -437,15 +448,20 @@ def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
     idx = np.flatnonzero(flat > threshold)
     # Along-trail neighbours first: they remove most candidates of a ridge, so the later
     # comparisons run on few pixels. Ties go to the lower index (one maximum per flat top).
+    r, c = np.divmod(idx, nx)
+    v = flat[idx]
+
+    def step(x: np.ndarray, d: int, hi: int) -> np.ndarray:
+        # x + d clipped to [0, hi] (a neighbour beyond the edge is taken at the edge)
+        return x if d == 0 else (np.maximum(x - 1, 0) if d < 0 else np.minimum(x + 1, hi))
+
     for dr, dc in ((0, -1), (0, 1), (-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)):
         if idx.size == 0:
             break
-        r, c = np.divmod(idx, nx)
-        rr = np.clip(r + dr, 0, ny - 1)
-        cc = np.clip(c + dc, 0, nx - 1)
-        nbi = rr * nx + cc
-        v, nb = flat[idx], flat[nbi]
-        idx = idx[(v > nb) | ((v == nb) & (nbi >= idx))]
+        nbi = step(r, dr, ny - 1) * nx + step(c, dc, nx - 1)
+        nb = flat[nbi]
+        keep = (v > nb) | ((v == nb) & (nbi >= idx))
+        idx, r, c, v = idx[keep], r[keep], c[keep], v[keep]
     return idx
 
 
@@ -792,34 +808,73 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
 
     off = aj * nx + ai                                                      # (na, nc)
     lo_x, hi_x, lo_y, hi_y = int(ai.min()), int(ai.max()), int(aj.min()), int(aj.max())
-    img_flat = image.ravel()
-    mask_flat = None if mask is None else mask.ravel()
+    # A trail along a pixel axis samples a plain rectangle of the image: x offset by a alone
+    # and y offset by c alone, each a run of consecutive pixels. Such windows are copied as
+    # blocks from a sliding-window view (rows of contiguous pixels) instead of gathered
+    # pixel by pixel through an (n, na, nc) index: the same values, ~3x faster.
+    ax, cy = ai[:, 0], aj[0, :]
+    step_a, step_c = (int(ax[1] - ax[0]) if ax.size > 1 else 1), (int(cy[1] - cy[0])
+                                                                 if cy.size > 1 else 1)
+    rectangle = (bool((ai == ax[:, None]).all() and (aj == cy[None, :]).all())
+                 and abs(step_a) == 1 and abs(step_c) == 1
+                 and bool((np.diff(ax) == step_a).all() and (np.diff(cy) == step_c).all())
+                 and ny >= cy.size and nx >= ax.size)
+
+    def reader(xs: np.ndarray, ys: np.ndarray, part: np.ndarray,
+               flat_part: np.ndarray) -> "Callable[[np.ndarray], np.ndarray]":
+        """Return ``read(arr)``: ``arr`` (ny, nx) at every window pixel, (n, na, nc)."""
+        if not rectangle:
+            flat = (ys * nx + xs)[:, None, None] + off[None]
+            if part.size:
+                flat[part] = flat_part
+
+            def read_flat(arr: np.ndarray) -> np.ndarray:
+                return np.take(arr.reshape(-1), flat)
+            return read_flat
+        whole = np.ones(xs.size, dtype=bool)
+        whole[part] = False
+        wi = np.flatnonzero(whole)
+        r0, c0 = ys[wi] + lo_y, xs[wi] + lo_x
+        shape = (xs.size, ax.size, cy.size)
+
+        def read_blocks(arr: np.ndarray) -> np.ndarray:
+            out = np.empty(shape, dtype=arr.dtype)
+            blocks = sliding_window_view(arr, (cy.size, ax.size))[r0, c0]  # (k, nc, na)
+            out[wi] = blocks[:, ::step_c, ::step_a].transpose(0, 2, 1)
+            if part.size:
+                out[part] = np.take(arr.reshape(-1), flat_part)
+            return out
+        return read_blocks
 
     def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
         xs, ys = xi.astype(np.intp), yi.astype(np.intp)
-        flat = (ys * nx + xs)[:, None, None] + off[None]
-        inside = np.ones(flat.shape, dtype=bool)
+        inside = np.ones((xs.size,) + off.shape, dtype=bool)
         # windows wholly on the CCD (nearly all) need no bounds test or clipping
         part = np.flatnonzero((xs + lo_x < 0) | (xs + hi_x >= nx) |
                               (ys + lo_y < 0) | (ys + hi_y >= ny))
+        flat_part = np.zeros((0,) + off.shape, dtype=np.intp)
         if part.size:
             ix = xs[part][:, None, None] + ai[None]
             iy = ys[part][:, None, None] + aj[None]
             inside[part] = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-            flat[part] = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
+            flat_part = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
             del ix, iy
-        vals = np.take(img_flat, flat)
+        read = reader(xs, ys, part, flat_part)
+        vals = read(image)
         good = np.isfinite(vals)
         if part.size:
             good &= inside
-        if mask_flat is not None:
-            good &= ~np.take(mask_flat, flat)
+        if mask is not None:
+            good &= ~read(mask)
         sky = background.back_at(xi, yi).astype(np.float32)
         w = vals.astype(np.float32, copy=False) - sky[:, None, None]
         np.copyto(w, np.float32(0.0), where=~good)
-        return w, good, inside, flat
+        return w, good, inside, read, part
 
-    w, good, inside, flat = gather(xi, yi)
+    w, good, inside, read, part = gather(xi, yi)
+    # saturated pixels of each window, read now (the reader is not kept)
+    sat_w = None if sat_mask is None else inside & read(sat_mask)
+    del read
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -848,7 +903,11 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # fits below (the centroid above and the aperture sums use the pixels as they are)
     wsum = np.sum(wc, axis=1)[:, None]
     cover_a = np.einsum("nac,nc->na", good.astype(np.float32), wc) / wsum
-    on_ccd = np.einsum("nac,nc->na", inside.astype(np.float32), wc) / wsum
+    # (a window wholly on the CCD has all its weight there: only the others are summed)
+    on_ccd = np.ones(prof_a.shape)
+    if part.size:
+        on_ccd[part] = np.einsum("nac,nc->na", inside[part].astype(np.float32),
+                                 wc[part]) / wsum[part]
     # (beyond the CCD's edge nothing is known: those samples stay empty, not filled)
     prof_fit = _fill_gaps(prof_a, (cover_a < 0.9) & (on_ccd >= 0.9))
     shifts = np.arange(-shift_max, shift_max + 1e-9, _SHIFT_STEP)
@@ -916,7 +975,8 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         split_of[rows] = np.arange(n, n + rows.size)
         split_of[n:] = rows
         cc, wc, prof_a = cc[parent], wc[parent], prof_a[parent]
-        w, good, inside, flat = w[parent], good[parent], inside[parent], flat[parent]
+        w, good, inside = w[parent], good[parent], inside[parent]
+        sat_w = None if sat_w is None else sat_w[parent]
         xi, yi, snr_hint = xi[parent], yi[parent], snr_hint[parent] * share
         extra = np.where(split_of >= 0, 0.0, extra[parent])
         n = parent.size
@@ -931,15 +991,30 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     def in_aperture(v: np.ndarray) -> np.ndarray:
         return np.sum(np.einsum("nac,nc->na", v, apc) * apa, axis=1, dtype=np.float64)
 
+    def count_in_aperture(v: np.ndarray) -> np.ndarray:
+        """Pixels of the bool windows ``v`` (n, na, nc) inside each aperture, float64 (n,).
+
+        Only the windows holding a True pixel (few: masked, saturated, cosmic-ray pixels)
+        are summed; the counts are exact integers either way.
+        """
+        out = np.zeros(v.shape[0])
+        rows = np.flatnonzero(v.any(axis=(1, 2)))
+        if rows.size:
+            out[rows] = np.sum(np.einsum("nac,nc->na", v[rows].astype(np.float32), apc[rows])
+                               * apa[rows], axis=1, dtype=np.float64)
+        return out
+
     flux = in_aperture(w)
     rms = background.rms_at(xi, yi).astype(np.float64)
-    npix = in_aperture(good.astype(np.float32))
+    # good pixels = the aperture's pixels minus the bad ones (exact integer counts)
+    npix = (np.sum(apa, axis=1, dtype=np.float64) * np.sum(apc, axis=1, dtype=np.float64)
+            - count_in_aperture(~good))
     var = npix * rms**2
     if gain is not None and gain > 0:
         var = var + np.clip(flux, 0.0, None) / gain
-    masked = in_aperture((inside & ~good).astype(np.float32)) > 0
-    if sat_mask is not None:
-        saturated = in_aperture((inside & sat_mask.ravel()[flat]).astype(np.float32)) > 0
+    masked = count_in_aperture(inside & ~good) > 0
+    if sat_w is not None:
+        saturated = count_in_aperture(sat_w) > 0
     else:
         saturated = np.zeros(n, dtype=bool)
     x0 = xc - half_len * ux
@@ -968,22 +1043,32 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # FWHM >= 3 px gives < 25%). Without them (and their neighbours), is a trail still there?
     if w.shape[1] > 2 and w.shape[2] > 2:
         core = w[:, 1:-1, 1:-1]
-        lap = core - 0.25 * (w[:, :-2, 1:-1] + w[:, 2:, 1:-1] + w[:, 1:-1, :-2] + w[:, 1:-1, 2:])
+        # core - (sum of the 4 neighbours) / 4, the same operations in place
+        lap = np.add(w[:, :-2, 1:-1], w[:, 2:, 1:-1])
+        lap += w[:, 1:-1, :-2]
+        lap += w[:, 1:-1, 2:]
+        lap *= np.float32(0.25)
+        np.subtract(core, lap, out=lap)
         hit = np.zeros(w.shape, dtype=bool)
         hit[:, 1:-1, 1:-1] = (lap > 5.0 * rms[:, None, None]) & (lap > 0.4 * core)
-        if hit.any():
+        # only the windows with a hit (few) are tested further, each on its own
+        cr = np.flatnonzero(hit.any(axis=(1, 2)))
+        if cr.size:
+            hit = hit[cr]
             grown = hit.copy()
             grown[:, 1:, :] |= hit[:, :-1, :]
             grown[:, :-1, :] |= hit[:, 1:, :]
             grown[:, :, 1:] |= hit[:, :, :-1]
             grown[:, :, :-1] |= hit[:, :, 1:]
-            has_cr = np.any(grown, axis=(1, 2))
-            clean_w = np.where(grown, np.float32(0.0), w)
-            sig_line = np.einsum("nac,nc->na", clean_w, wc.astype(np.float32))
-            evidence = np.sum(sig_line * apa, axis=1) / (
-                rms * np.sqrt(np.sum(wc**2, axis=1) * np.maximum(apa.sum(axis=1), 1.0)))
-            compact |= has_cr & (evidence < _COMPACT_CR_SNR) & ~saturated
-            masked = masked | (has_cr & (in_aperture(grown.astype(np.float32)) > 0))
+            clean_w = np.where(grown, np.float32(0.0), w[cr])
+            sig_line = np.einsum("nac,nc->na", clean_w, wc[cr].astype(np.float32))
+            evidence = np.sum(sig_line * apa[cr], axis=1) / (
+                rms[cr] * np.sqrt(np.sum(wc[cr]**2, axis=1) *
+                                  np.maximum(apa[cr].sum(axis=1), 1.0)))
+            compact[cr] |= (evidence < _COMPACT_CR_SNR) & ~saturated[cr]
+            masked = masked.copy()
+            masked[cr] |= np.sum(np.einsum("nac,nc->na", grown.astype(np.float32), apc[cr])
+                                 * apa[cr], axis=1, dtype=np.float64) > 0
 
     # Common along-trail offset: a brightness change right at the start or the end of the
     # exposure (transparency), which the linear trend cannot follow, shifts every fitted

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from driftwatch.errors import ScienceError
-from driftwatch.science.background import mask_from_dq, measure_background
+from driftwatch.science.background import dq_in, mask_from_dq, measure_background
 
 
 def test_recovers_sky_and_noise_with_a_gradient_and_big_endian_input():
@@ -57,6 +57,19 @@ def test_mask_from_dq_codes_saturation_and_nan():
     np.testing.assert_array_equal(mask_from_dq(None, img, None), np.isnan(img))
     with pytest.raises(ScienceError):
         mask_from_dq(dq[:2], img, None)
+    # infinities are masked whichever their sign, with or without a saturation level
+    img[2, 3], img[2, 2] = -np.inf, np.inf
+    for sat in (4e4, None):
+        m = mask_from_dq(dq, img, saturate=sat)
+        assert m[2, 3] and m[2, 2]
+
+
+def test_dq_in_matches_a_look_up_table():
+    dq = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for codes in [(1, 2, 3, 4, 5), (3, 4), (0,), (0, 1), (8,), (2, 5, 7), (), (255, 254)]:
+        lut = np.zeros(256, bool)
+        lut[list(codes)] = True
+        np.testing.assert_array_equal(dq_in(dq, codes), lut[dq], err_msg=str(codes))
 
 
 @pytest.mark.parametrize("ny", [640, 650])  # a whole number of mesh steps, and not
