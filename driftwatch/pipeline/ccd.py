@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: FWHM (pixels) assumed when the header has none (DECam median seeing ~1.1" at 0.263"/px).
 DEFAULT_FWHM_PX = 4.5
+#: Significance of light beyond a trail's end above which it is a collinear neighbour's.
+_COLLINEAR_Z = 6.0
+#: Kept clear of a collinear neighbour's end when searching the rest of a trail, in FWHM.
+_COLLINEAR_MARGIN_FWHM = 1.0
+#: A trail with a collinear neighbour is searched if this many usable samples are clear of it.
+_MIN_CLEAR_SAMPLES = 10
 
 
 class _Timer:
@@ -135,7 +141,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.classify import (
         bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
     )
-    from driftwatch.science.events import duration_grid, search_events
+    from driftwatch.science.events import clear_of_neighbours, duration_grid, search_events
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import normalise, select_references
     from driftwatch.science.photometry import (
@@ -256,11 +262,12 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         with np.errstate(invalid="ignore"):
             ends = np.stack([row_nanmedian(np.where(first4, lc.flux, np.nan)),
                              row_nanmedian(np.where(last4, lc.flux, np.nan))], axis=1)
-        collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
-                               gain=ccd.gain, read_noise=ccd.read_noise,
-                               baseline=np.nan_to_num(row_nanmedian(
-                                   np.where(lc.good, lc.flux, np.nan))), dq=dq,
-                               end_levels=ends) > 6.0
+        end_light = end_excess(
+            image, det.x0, det.y0, geom, profile=profile, sky=sky_level, gain=ccd.gain,
+            read_noise=ccd.read_noise,
+            baseline=np.nan_to_num(row_nanmedian(np.where(lc.good, lc.flux, np.nan))), dq=dq,
+            end_levels=ends, per_end=True)
+        collinear = end_light.z.max(axis=1) > _COLLINEAR_Z
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.05) & ~collinear
@@ -280,13 +287,21 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         # on the samples next to the masked ones, which no model here removes
         sat_bits = (1 << 3) | (1 << 4) | (1 << 8) | FLAG_SATURATED
         touches_saturation = ((lc.flags & sat_bits) != 0).any(axis=1)
+        # a collinear neighbour adds a step where its trail overlaps: only the part of the
+        # trail its light does not reach is searched (a whole clean stretch, or nothing)
+        clear = clear_of_neighbours(lc.s, geom.length_px, end_light.z, end_light.start_px,
+                                    end_light.reach_px, end_light.level,
+                                    threshold=_COLLINEAR_Z,
+                                    margin_px=_COLLINEAR_MARGIN_FWHM * fwhm)
+        search_good = nm.good & clear
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear & \
+            (contamination.fraction < 0.3) & (trail_class == "trail") & \
+            (~collinear | (search_good.sum(axis=1) >= _MIN_CLEAR_SAMPLES)) & \
             ~touches_saturation & (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl
-        ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
+        ev = search_events(nm.flux, nm.err, search_good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
                            smear_kernel=lambda t: profile.pixel(t / geom.seconds_per_px),
                            durations=duration_grid(p.event_min_duration_s,
@@ -305,6 +320,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
         "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
         "contamination": contamination.fraction, "collinear_blend": collinear,
+        "searched": searchable,
         "match_separation_px": separation,
     }
     m = lc.shape[1]

@@ -39,8 +39,8 @@ from driftwatch.science._stats import row_nanmedian
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
-__all__ = ["EventCandidates", "difference_scatter", "duration_grid", "event_shape", "smeared_shape",
-           "search_events"]
+__all__ = ["EventCandidates", "clear_of_neighbours", "difference_scatter", "duration_grid",
+           "event_shape", "smeared_shape", "search_events"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Peak amplitudes of the template shapes (the shape, not the fitted amplitude).
@@ -168,6 +168,60 @@ def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[floa
     k = np.arange(m)
     lag_index = (k[None, :] - k[:, None]) + (m - 1)  # (c, k)
     return prof_arr[:, lag_index], np.asarray(dur), np.asarray(amp)
+
+
+def clear_of_neighbours(s: np.ndarray, length_px: float, end_z: np.ndarray,
+                        start_px: np.ndarray, reach_px: np.ndarray, level: np.ndarray, *,
+                        threshold: float, margin_px: float,
+                        max_level: float = 0.5) -> np.ndarray:
+    """Samples of each trail that a collinear neighbour's light does not reach.
+
+    A star on the trail's line that detection merged with it or that follows it shows as
+    light beyond one of the trail's ends
+    (:func:`~driftwatch.science.photometry.end_excess`). Drifting the same way, a neighbour
+    offset by ``D`` px beyond the far end lies on ``[D, D + L]`` (beyond the start, on
+    ``[-D, L - D]``). Its light beyond the far end starts ``max(0, D - L)`` px from it and
+    runs to ``D``: a neighbour whose light starts there (``start_px > 0``) has ``D = L +
+    start_px`` and overlaps nothing but its PSF wing; one whose light starts at the end
+    overlaps the trail from ``D = reach_px`` on (the reach is a lower bound of ``D`` when it is
+    the end of the window looked at, so the clean part is then taken smaller than it is).
+    The rest of the trail is clean and can be searched for events.
+
+    Parameters
+    ----------
+    s : ndarray, float64, shape (n, m)
+        Along-trail coordinate of each sample from the t = 0 end, pixels.
+    length_px : float
+        Trail length L, pixels.
+    end_z, start_px, reach_px, level : ndarray, float64, shape (n, 2)
+        Per end (start, far end): significance of the light beyond it, where that light
+        starts and how far it reaches, pixels from the end, and its level as a fraction of
+        the star's (:class:`~driftwatch.science.photometry.EndLight`).
+    threshold : float
+        Significance above which the light beyond an end is a neighbour.
+    margin_px : float
+        Kept clear of the neighbour's own end: its PSF wing, and the error of its position.
+    max_level : float
+        Light beyond an end brighter than this fraction of the star's leaves nothing clean:
+        the "trail" is then most likely a piece of that brighter trail which detection cut
+        off or duplicated (on simulated CCDs such pieces, with no star of their own, are
+        where searching beside neighbours gave false candidates), not a star of its own.
+
+    Returns
+    -------
+    ndarray, bool, shape (n, m)
+        True where the sample is clear of any neighbour found (all True for a trail with
+        none).
+    """
+    s = np.asarray(s, float)
+    z = np.asarray(end_z, float)
+    start = np.asarray(start_px, float)
+    offset = np.where(start > 0, length_px + start, np.asarray(reach_px, float))   # D, (n, 2)
+    bright = np.asarray(level, float) > max_level
+    offset = np.where(bright, -np.inf, offset)   # nothing clean (lo = +inf, hi = -inf)
+    lo = np.where(z[:, 0] > threshold, length_px - offset[:, 0] + margin_px, -np.inf)
+    hi = np.where(z[:, 1] > threshold, offset[:, 1] - margin_px, np.inf)
+    return (s > lo[:, None]) & (s < hi[:, None])
 
 
 def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.ndarray:
