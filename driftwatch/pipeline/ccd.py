@@ -143,7 +143,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     )
     from driftwatch.science.events import clear_of_neighbours, duration_grid, search_events
     from driftwatch.science.geometry import drift_geometry
-    from driftwatch.science.normalise import normalise, select_references
+    from driftwatch.science.normalise import misfit_samples, normalise, select_references
     from driftwatch.science.photometry import (
         FLAG_OUTLIER, FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
     )
@@ -246,11 +246,9 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         sigma = profile.sigma
         # light of another shape across the trail than the star's (a cosmic ray the DQ mask
         # missed, crossing several pixels of a sample) fits the profile far worse than the
-        # star's other samples: such samples are outliers, not the star's light
-        with np.errstate(invalid="ignore"):
-            typical_chi2 = row_nanmedian(np.where(lc.good, lc.chi2, np.nan))
-        misfit = lc.good & (lc.chi2 > np.maximum(5.0, 4.0 * np.nan_to_num(
-            typical_chi2, nan=1.0))[:, None])
+        # star's other samples: such samples are outliers, not the star's light (the seeing's
+        # changes along the exposure, shared by all stars, allowed for)
+        misfit = misfit_samples(lc.chi2, lc.good)
         if misfit.any():
             lc = replace(lc, good=lc.good & ~misfit,
                          flags=lc.flags | np.where(misfit, FLAG_OUTLIER, 0).astype(np.uint16))
