@@ -33,7 +33,10 @@ DEFAULT_FWHM_PX = 4.5
 _COLLINEAR_Z = 6.0
 #: Kept clear of a collinear neighbour's end when searching the rest of a trail, in FWHM.
 _COLLINEAR_MARGIN_FWHM = 1.0
-#: A trail with a collinear neighbour is searched if this many usable samples are clear of it.
+#: Samples kept clear of a satellite streak's masked core on a trail it crosses, in FWHM.
+_STREAK_MARGIN_FWHM = 2.0
+#: A trail with a collinear neighbour or crossed by a streak is searched if this many usable
+#: samples are clear of it.
 _MIN_CLEAR_SAMPLES = 10
 
 
@@ -141,7 +144,9 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.classify import (
         bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
     )
-    from driftwatch.science.events import clear_of_neighbours, duration_grid, search_events
+    from driftwatch.science.events import (
+        clear_of_flagged, clear_of_neighbours, duration_grid, search_events,
+    )
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import misfit_samples, normalise, select_references
     from driftwatch.science.photometry import (
@@ -280,21 +285,27 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         with np.errstate(invalid="ignore"):
             typical_err = row_nanmedian(np.where(lc.good, lc.err, np.nan))
             baseline_snr = nm.baseline * np.sqrt(lc.good.sum(axis=1)) / typical_err
-        # a trail that runs into a saturated star's core or bleed, or that a satellite streak
-        # crosses (samples flagged so), also carries that star's halo or the streak's wings
-        # on the samples next to the masked ones, which no model here removes
-        sat_bits = (1 << 3) | (1 << 4) | (1 << 8) | FLAG_SATURATED
+        # a trail that runs into a saturated star's core or bleed (samples flagged so) also
+        # carries that star's halo on the samples next to the masked ones, which no model
+        # here removes: not searched; one that a satellite streak crosses carries the
+        # streak's wings beside its masked core: searched away from it
+        sat_bits = (1 << 3) | (1 << 4) | FLAG_SATURATED
         touches_saturation = ((lc.flags & sat_bits) != 0).any(axis=1)
+        crossed = (lc.flags & (1 << 8)) != 0
+        beside_streak = crossed.any(axis=1)
         # a collinear neighbour adds a step where its trail overlaps: only the part of the
         # trail its light does not reach is searched (a whole clean stretch, or nothing)
         clear = clear_of_neighbours(lc.s, geom.length_px, end_light.z, end_light.start_px,
                                     end_light.reach_px, end_light.level,
                                     threshold=_COLLINEAR_Z,
                                     margin_px=_COLLINEAR_MARGIN_FWHM * fwhm)
+        if beside_streak.any():
+            clear &= clear_of_flagged(crossed, int(np.ceil(_STREAK_MARGIN_FWHM * fwhm)))
         search_good = nm.good & clear
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.3) & (trail_class == "trail") & \
-            (~collinear | (search_good.sum(axis=1) >= _MIN_CLEAR_SAMPLES)) & \
+            (~(collinear | beside_streak) |
+             (search_good.sum(axis=1) >= _MIN_CLEAR_SAMPLES)) & \
             ~touches_saturation & (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):

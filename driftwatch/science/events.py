@@ -39,7 +39,8 @@ from driftwatch.science._stats import row_nanmedian
 from scipy.signal import fftconvolve
 from scipy.special import ndtr
 
-__all__ = ["EventCandidates", "clear_of_neighbours", "difference_scatter", "duration_grid",
+__all__ = ["EventCandidates", "clear_of_flagged", "clear_of_neighbours", "difference_scatter",
+           "duration_grid",
            "event_shape", "smeared_shape", "search_events"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -222,6 +223,32 @@ def clear_of_neighbours(s: np.ndarray, length_px: float, end_z: np.ndarray,
     lo = np.where(z[:, 0] > threshold, length_px - offset[:, 0] + margin_px, -np.inf)
     hi = np.where(z[:, 1] > threshold, offset[:, 1] - margin_px, np.inf)
     return (s > lo[:, None]) & (s < hi[:, None])
+
+
+def clear_of_flagged(flagged: np.ndarray, margin: int) -> np.ndarray:
+    """Samples more than ``margin`` samples away from any flagged sample of their trail.
+
+    A satellite streak crossing a trail is masked over its core; its wings still add light to
+    the samples beside the masked ones. The rest of the trail is clean.
+
+    Parameters
+    ----------
+    flagged : ndarray, bool, shape (n, m)
+        Samples to keep away from.
+    margin : int
+        Samples on each side of a flagged one that are not clear either.
+
+    Returns
+    -------
+    ndarray, bool, shape (n, m)
+    """
+    flagged = np.asarray(flagged, bool)
+    n, m = flagged.shape
+    c = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(flagged, axis=1)], axis=1)
+    k = np.arange(m)
+    lo = np.clip(k - margin, 0, m)
+    hi = np.clip(k + margin + 1, 0, m)
+    return (c[:, hi] - c[:, lo]) == 0      # no flagged sample within the window
 
 
 def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.ndarray:

@@ -78,3 +78,16 @@ def test_light_as_bright_as_the_star_beyond_an_end_leaves_nothing_clean():
                                 max_level=0.5)
     assert not clear[0].any()
     assert clear[1].all()
+
+
+def test_samples_beside_a_streak_crossing_are_not_clear():
+    from driftwatch.science.events import clear_of_flagged
+
+    flagged = np.zeros((3, 30), bool)
+    flagged[0, 3:6] = True          # a streak crossing near the start
+    flagged[1, [10, 25]] = True     # two crossings
+    clear = clear_of_flagged(flagged, 4)
+    assert not clear[0, :10].any() and clear[0, 10:].all()
+    assert clear[1, :6].all() and not clear[1, 6:15].any() and clear[1, 15:21].all()
+    assert not clear[1, 21:].any()
+    assert clear[2].all()
