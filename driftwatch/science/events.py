@@ -30,7 +30,8 @@ neighbour overlapping part of the trail does not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -52,15 +53,25 @@ def _magnification(u: np.ndarray) -> np.ndarray:
     return (u * u + 2.0) / (u * np.sqrt(u * u + 4.0))
 
 
-def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np.ndarray:
-    """Return the unit-peak point-lens excess ``(A(t) - 1) / (A(0) - 1)`` at times ``t``.
+@functools.lru_cache(maxsize=512)
+def _impact(amplitude: float) -> tuple[float, float]:
+    """Impact parameters (Einstein radii) of peak excess ``amplitude`` and of half of it.
 
-    ``duration_s`` is the FWHM of ``A - 1`` and ``amplitude`` its peak (which sets the wings).
+    Cached: a search evaluates the same few shape amplitudes hundreds of times.
     """
     from scipy.optimize import brentq
 
     u0 = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude, 1e-6, 1e3)
     uh = brentq(lambda u: float(_magnification(np.asarray(u))) - 1.0 - amplitude / 2, u0, 1e4)
+    return u0, uh
+
+
+def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np.ndarray:
+    """Return the unit-peak point-lens excess ``(A(t) - 1) / (A(0) - 1)`` at times ``t``.
+
+    ``duration_s`` is the FWHM of ``A - 1`` and ``amplitude`` its peak (which sets the wings).
+    """
+    u0, uh = _impact(float(amplitude))
     t_e = duration_s / (2.0 * np.sqrt(uh * uh - u0 * u0))
     u = np.sqrt(u0 * u0 + (np.asarray(t, float) / t_e) ** 2)
     return (_magnification(u) - 1.0) / amplitude
@@ -418,6 +429,25 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     EventCandidates
     """
     flux = np.asarray(flux, float)
+    usable = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (np.asarray(err) > 0)
+    if searchable is not None:
+        usable &= np.asarray(searchable, bool)[:, None]
+    rows = np.flatnonzero(usable.any(axis=1))
+    if rows.size < flux.shape[0]:
+        # stars with nothing to search add only zeros (no template is valid there): the
+        # search runs on the others alone, with the same results, and its stars map back
+        def sub(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a)[rows]
+
+        ev = search_events(
+            flux[rows], np.asarray(err)[rows], usable[rows], np.asarray(t)[rows],
+            seconds_per_px=seconds_per_px, smear_sigma_s=smear_sigma_s, durations=durations,
+            smear_kernel=smear_kernel, threshold=threshold, chi=sub(chi), searchable=None,
+            min_cover=min_cover, shift=sub(shift), shift_err=sub(shift_err),
+            max_offset_px=max_offset_px, flash_max_duration_s=flash_max_duration_s,
+            flash_max_offset_px=flash_max_offset_px, systematic_floor=systematic_floor,
+            min_calibration_points=min_calibration_points)
+        return replace(ev, star=rows[ev.star])
     n, m = flux.shape
     durations = np.asarray(durations, float)
     spp = float(seconds_per_px)

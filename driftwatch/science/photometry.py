@@ -861,17 +861,20 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
             # where the light lies: the most significant run of samples [a, b) outward (a
             # neighbour's trail is light of about constant level, between its blurred ends)
             k_all = zk.shape[1]
-            c_f, c_v, c_n = (np.concatenate([np.zeros((n, 1)), c], axis=1)
+            # only trails with some light beyond the end need to know where it lies
+            lit = np.flatnonzero(zk.max(axis=1) > 3.0)
+            c_f, c_v, c_n = (np.concatenate([np.zeros((lit.size, 1)), c[lit]], axis=1)
                              for c in (tot, cvar, nuse.astype(float)))
             box = c_f[:, None, :] - c_f[:, :, None]                     # (n, a, b)
             bvar = c_v[:, None, :] - c_v[:, :, None]
             bn = c_n[:, None, :] - c_n[:, :, None]
             ab = np.arange(k_all + 1)
             zb = np.where((ab[None, :] > ab[:, None])[None] & (bn >= 3) & (bvar > 0) &
-                          (box > 0.01 * np.asarray(baseline, float)[:, None, None] * bn),
+                          (box > 0.01 * baseline[lit, None, None] * bn),
                           box / np.sqrt(np.where(bvar > 0, bvar, 1.0)), 0.0)
-            a_b, b_b = np.unravel_index(np.argmax(zb.reshape(n, -1), axis=1), zb.shape[1:])
-            rows = np.arange(n)
+            a_b, b_b = np.unravel_index(np.argmax(zb.reshape(lit.size, (k_all + 1) ** 2),
+                                                  axis=1), zb.shape[1:])
+            rows = np.arange(lit.size)
             # light that starts a FWHM or more beyond the end (a neighbour's blurred start is
             # a FWHM wide: less could be an overlapping one's light cut by noise or by the
             # wing model), clearly fainter before than in the run (by 3 sigma of the run's
@@ -881,12 +884,15 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
             deficit = (b_level * c_n[rows, a_b] - c_f[rows, a_b]) / np.sqrt(
                 np.maximum(c_v[rows, a_b], 1e-300))
             apart = (a_b >= int(np.ceil(profile.fwhm))) & (b_b >= k_all - 2) & (deficit > 3.0)
-            starts.append(np.where((zk.max(axis=1) > 0) & apart, gap + a_b, 0.0))
+            start_here = np.zeros(n)
+            start_here[lit] = np.where(apart, gap + a_b, 0.0)
+            starts.append(start_here)
             # for light of constant level out to some distance the cumulative S/N peaks there
             kz = np.argmax(zk, axis=1)
+            every = np.arange(n)
             reach.append(np.where(zk.max(axis=1) > 0, gap + kz + 1.0, 0.0))
-            levels.append(np.where(zk.max(axis=1) > 0, (tot[rows, kz] / np.maximum(
-                nuse[rows, kz], 1)) / np.where(baseline > 0, baseline, np.inf), 0.0))
+            levels.append(np.where(zk.max(axis=1) > 0, (tot[every, kz] / np.maximum(
+                nuse[every, kz], 1)) / np.where(baseline > 0, baseline, np.inf), 0.0))
         elif per_end:
             z_ends.append(np.zeros(n))
             starts.append(np.zeros(n))
