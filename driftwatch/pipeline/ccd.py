@@ -35,6 +35,8 @@ _COLLINEAR_Z = 6.0
 _COLLINEAR_MARGIN_FWHM = 1.0
 #: Samples kept clear of a satellite streak's masked core on a trail it crosses, in FWHM.
 _STREAK_MARGIN_FWHM = 2.0
+#: Samples kept clear of a masked cosmic ray's pixels, in FWHM.
+_CR_MARGIN_FWHM = 0.5
 #: A trail with a collinear neighbour or crossed by a streak is searched if this many usable
 #: samples are clear of it.
 _MIN_CLEAR_SAMPLES = 10
@@ -301,6 +303,11 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
                                     margin_px=_COLLINEAR_MARGIN_FWHM * fwhm)
         if beside_streak.any():
             clear &= clear_of_flagged(crossed, int(np.ceil(_STREAK_MARGIN_FWHM * fwhm)))
+        # a cosmic ray's masked pixels (CP code 5) leave its charge in the pixels around them
+        # unmasked: the samples beside them are not searched (a cosmic ray is never an event)
+        hit_by_cr = (lc.flags & (1 << 5)) != 0
+        if hit_by_cr.any():
+            clear &= clear_of_flagged(hit_by_cr, int(np.ceil(_CR_MARGIN_FWHM * fwhm)))
         search_good = nm.good & clear
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.3) & (trail_class == "trail") & \
