@@ -763,8 +763,9 @@ class EndLight:
         starts at the end (an overlapping neighbour).
     reach_px : ndarray
         How far beyond the end the cumulative excess is most significant: where an
-        overlapping neighbour's trail stops, or the end of the window looked at
-        (``0.7 FWHM + L / 2``), a lower bound then.
+        overlapping neighbour's trail stops. Light running to the end of the window looked
+        at (``0.7 FWHM + L / 2``) is followed over a second window as long; at its end the
+        reach is a lower bound.
     level : ndarray
         Mean excess per sample from the end out to ``reach_px``, as a fraction of the
         star's baseline.
@@ -821,9 +822,13 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
     baseline = np.broadcast_to(np.asarray(baseline, float), (n,))
     sky_arr = np.broadcast_to(np.asarray(sky, float), (n,))[:, None, None]
     var = np.maximum(sky_arr, 0.0) / gain + (read_noise / gain) ** 2
-    for sign, start in ((-1.0, -gap - span), (1.0, L + gap)):  # the two ends
-        gx = x0 + ux * start
-        gy = y0 + uy * start
+    def line_light(rows: np.ndarray, start: float, sign: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Light on the line of trails ``rows`` over ``span`` px from ``start`` (along-trail
+        coordinate), the star's own wing subtracted, read outward from the end: flux,
+        variance and usable, each (len(rows), k)."""
+        gx = x0[rows] + ux * start
+        gy = y0[rows] + uy * start
         sub = DriftGeometry(geom.dx_dt, geom.dy_dt, span / geom.speed_px_s)
         g = trail_grid(gx, gy, sub, h, image.shape)
         ok = g.inside.copy()
@@ -832,23 +837,28 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         if dq is not None:
             ok &= dq[iyc, ixc] == 0
         prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
-        w = np.where(ok, prof / var, 0.0)
+        w = np.where(ok, prof / var[rows], 0.0)
         den = (w * prof).sum(axis=2)
-        f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
+        f = (w * (image[iyc, ixc] - sky_arr[rows])).sum(axis=2) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)
-        level = np.asarray(baseline, float)
+        level = np.asarray(baseline, float)[rows]
         if end_levels is not None:
-            near = np.asarray(end_levels, float)[:, 0 if sign < 0 else 1]
+            near = np.asarray(end_levels, float)[rows, 0 if sign < 0 else 1]
             level = np.where(np.isfinite(near), np.maximum(near, level), level)
         f = f - level[:, None] * (profile.cdf(s_along) - profile.cdf(s_along - L))[None, :]
         e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
         use = den > 0
+        if sign < 0:  # the samples before the start run toward it: read them backwards
+            f, e2, use = f[:, ::-1], e2[:, ::-1], use[:, ::-1]
+        return f, e2, use
+
+    every = np.arange(n)
+    for sign, start in ((-1.0, -gap - span), (1.0, L + gap)):  # the two ends
         # outward from the end: a neighbour overlapping by less than half a trail leaves
         # light over its overlap only, so the excess is taken over the first k samples
         # for every k (from 3), and the most significant kept
-        if sign < 0:  # the samples before the start run toward it: read them backwards
-            f, e2, use = f[:, ::-1], e2[:, ::-1], use[:, ::-1]
+        f, e2, use = line_light(every, start, sign)
         nuse = np.cumsum(use, axis=1)
         tot = np.cumsum(np.where(use, f, 0.0), axis=1)
         cvar = np.cumsum(np.where(use, e2, 0.0), axis=1)
@@ -889,10 +899,32 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
             starts.append(start_here)
             # for light of constant level out to some distance the cumulative S/N peaks there
             kz = np.argmax(zk, axis=1)
-            every = np.arange(n)
-            reach.append(np.where(zk.max(axis=1) > 0, gap + kz + 1.0, 0.0))
-            levels.append(np.where(zk.max(axis=1) > 0, (tot[every, kz] / np.maximum(
-                nuse[every, kz], 1)) / np.where(baseline > 0, baseline, np.inf), 0.0))
+            reach_here = np.where(zk.max(axis=1) > 0, gap + kz + 1.0, 0.0)
+            level_here = np.where(zk.max(axis=1) > 0, (tot[every, kz] / np.maximum(
+                nuse[every, kz], 1)) / np.where(baseline > 0, baseline, np.inf), 0.0)
+            # where it runs to the end of the window, a second window beyond tells how far
+            # (a neighbour overlapping less than half the trail; few trails)
+            on = lit[kz[lit] == k_all - 1]
+            if on.size:
+                f2, e22, use2 = line_light(on, start + sign * span, sign)
+                dup = max(k_all - span, 0)      # samples the two windows share
+                f2, e22, use2 = f2[:, dup:], e22[:, dup:], use2[:, dup:]
+                use_l = np.concatenate([use[on], use2], axis=1)
+                nuse_l = np.cumsum(use_l, axis=1)
+                tot_l = np.cumsum(np.where(use_l, np.concatenate([f[on], f2], axis=1), 0.0),
+                                  axis=1)
+                cvar_l = np.cumsum(np.where(use_l, np.concatenate([e2[on], e22], axis=1), 0.0),
+                                   axis=1)
+                zk_l = np.where((nuse_l >= 3) & (tot_l > 0.01 * baseline[on, None] * nuse_l) &
+                                (cvar_l > 0), tot_l / np.sqrt(np.where(cvar_l > 0, cvar_l, 1.0)),
+                                0.0)
+                kl = np.argmax(zk_l, axis=1)
+                rl = np.arange(on.size)
+                reach_here[on] = gap + kl + 1.0
+                level_here[on] = tot_l[rl, kl] / np.maximum(nuse_l[rl, kl], 1) / np.where(
+                    baseline[on] > 0, baseline[on], np.inf)
+            reach.append(reach_here)
+            levels.append(level_here)
         elif per_end:
             z_ends.append(np.zeros(n))
             starts.append(np.zeros(n))

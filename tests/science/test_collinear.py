@@ -38,6 +38,14 @@ def test_overlapping_neighbour_reaches_its_offset_beyond_the_end():
     assert abs(el.level[0, 1] - 0.2) < 0.06
 
 
+def test_reach_of_an_overlapping_neighbour_beyond_the_first_window_is_measured():
+    # the window beyond each end is 0.7 FWHM + L / 2 (~23 px here); a neighbour overlapping
+    # by less than half the trail runs past it, and a second window tells where it stops
+    geom, el = _end_light(offset_px=29.0, ratio=0.2)
+    assert el.start_px[0, 1] == 0
+    assert abs(el.reach_px[0, 1] - 29.0) <= 2.5
+
+
 def test_neighbour_following_without_overlap_starts_beyond_the_end():
     geom, el = _end_light(offset_px=geom_length() + 9.0, ratio=0.3)
     assert el.z[0, 1] > 10
