@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: FWHM (pixels) assumed when the header has none (DECam median seeing ~1.1" at 0.263"/px).
 DEFAULT_FWHM_PX = 4.5
+#: Significance of light beyond a trail's end above which it is a collinear neighbour's.
+_COLLINEAR_Z = 6.0
+#: Kept clear of a collinear neighbour's end when searching the rest of a trail, in FWHM.
+_COLLINEAR_MARGIN_FWHM = 1.0
+#: Samples kept clear of a satellite streak's masked core on a trail it crosses, in FWHM.
+_STREAK_MARGIN_FWHM = 2.0
+#: Samples kept clear of a masked cosmic ray's pixels, in FWHM.
+_CR_MARGIN_FWHM = 0.5
+#: A trail with a collinear neighbour or crossed by a streak is searched if this many usable
+#: samples are clear of it.
+_MIN_CLEAR_SAMPLES = 10
 
 
 class _Timer:
@@ -182,9 +193,11 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.classify import (
         bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
     )
-    from driftwatch.science.events import duration_grid, search_events
+    from driftwatch.science.events import (
+        clear_of_flagged, clear_of_neighbours, duration_grid, search_events,
+    )
     from driftwatch.science.geometry import drift_geometry
-    from driftwatch.science.normalise import normalise, select_references
+    from driftwatch.science.normalise import misfit_samples, normalise, select_references
     from driftwatch.science.photometry import (
         FLAG_OUTLIER, FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
     )
@@ -296,11 +309,9 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         sigma = profile.sigma
         # light of another shape across the trail than the star's (a cosmic ray the DQ mask
         # missed, crossing several pixels of a sample) fits the profile far worse than the
-        # star's other samples: such samples are outliers, not the star's light
-        with np.errstate(invalid="ignore"):
-            typical_chi2 = row_nanmedian(np.where(lc.good, lc.chi2, np.nan))
-        misfit = lc.good & (lc.chi2 > np.maximum(5.0, 4.0 * np.nan_to_num(
-            typical_chi2, nan=1.0))[:, None])
+        # star's other samples: such samples are outliers, not the star's light (the seeing's
+        # changes along the exposure, shared by all stars, allowed for)
+        misfit = misfit_samples(lc.chi2, lc.good)
         if misfit.any():
             lc = replace(lc, good=lc.good & ~misfit,
                          flags=lc.flags | np.where(misfit, FLAG_OUTLIER, 0).astype(np.uint16))
@@ -312,11 +323,12 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         with np.errstate(invalid="ignore"):
             ends = np.stack([row_nanmedian(np.where(first4, lc.flux, np.nan)),
                              row_nanmedian(np.where(last4, lc.flux, np.nan))], axis=1)
-        collinear = end_excess(image, det.x0, det.y0, geom, profile=profile, sky=sky_level,
-                               gain=ccd.gain, read_noise=ccd.read_noise,
-                               baseline=np.nan_to_num(row_nanmedian(
-                                   np.where(lc.good, lc.flux, np.nan))), dq=dq,
-                               end_levels=ends) > 6.0
+        end_light = end_excess(
+            image, det.x0, det.y0, geom, profile=profile, sky=sky_level, gain=ccd.gain,
+            read_noise=ccd.read_noise,
+            baseline=np.nan_to_num(row_nanmedian(np.where(lc.good, lc.flux, np.nan))), dq=dq,
+            end_levels=ends, per_end=True)
+        collinear = end_light.z.max(axis=1) > _COLLINEAR_Z
     with timer.stage("normalise"):
         refs = select_references(lc.flux, lc.err, lc.good) & ~det.saturated & ~det.edge & \
             (contamination.fraction < 0.05) & ~collinear
@@ -331,18 +343,37 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         with np.errstate(invalid="ignore"):
             typical_err = row_nanmedian(np.where(lc.good, lc.err, np.nan))
             baseline_snr = nm.baseline * np.sqrt(lc.good.sum(axis=1)) / typical_err
-        # a trail that runs into a saturated star's core or bleed, or that a satellite streak
-        # crosses (samples flagged so), also carries that star's halo or the streak's wings
-        # on the samples next to the masked ones, which no model here removes
-        sat_bits = (1 << 3) | (1 << 4) | (1 << 8) | FLAG_SATURATED
+        # a trail that runs into a saturated star's core or bleed (samples flagged so) also
+        # carries that star's halo on the samples next to the masked ones, which no model
+        # here removes: not searched; one that a satellite streak crosses carries the
+        # streak's wings beside its masked core: searched away from it
+        sat_bits = (1 << 3) | (1 << 4) | FLAG_SATURATED
         touches_saturation = ((lc.flags & sat_bits) != 0).any(axis=1)
+        crossed = (lc.flags & (1 << 8)) != 0
+        beside_streak = crossed.any(axis=1)
+        # a collinear neighbour adds a step where its trail overlaps: only the part of the
+        # trail its light does not reach is searched (a whole clean stretch, or nothing)
+        clear = clear_of_neighbours(lc.s, geom.length_px, end_light.z, end_light.start_px,
+                                    end_light.reach_px, end_light.level,
+                                    threshold=_COLLINEAR_Z,
+                                    margin_px=_COLLINEAR_MARGIN_FWHM * fwhm)
+        if beside_streak.any():
+            clear &= clear_of_flagged(crossed, int(np.ceil(_STREAK_MARGIN_FWHM * fwhm)))
+        # a cosmic ray's masked pixels (CP code 5) leave its charge in the pixels around them
+        # unmasked: the samples beside them are not searched (a cosmic ray is never an event)
+        hit_by_cr = (lc.flags & (1 << 5)) != 0
+        if hit_by_cr.any():
+            clear &= clear_of_flagged(hit_by_cr, int(np.ceil(_CR_MARGIN_FWHM * fwhm)))
+        search_good = nm.good & clear
         searchable = (nm.baseline > 0) & ~det.saturated & ~det.edge & \
-            (contamination.fraction < 0.3) & (trail_class == "trail") & ~collinear & \
+            (contamination.fraction < 0.3) & (trail_class == "trail") & \
+            (~(collinear | beside_streak) |
+             (search_good.sum(axis=1) >= _MIN_CLEAR_SAMPLES)) & \
             ~touches_saturation & (np.nan_to_num(baseline_snr) >= p.detect_threshold_sigma)
         bl = np.where(nm.baseline > 0, nm.baseline, np.inf)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             shift_rel, shift_err_rel = lc.shift / bl, lc.shift_err / bl
-        ev = search_events(nm.flux, nm.err, nm.good, lc.t, seconds_per_px=geom.seconds_per_px,
+        ev = search_events(nm.flux, nm.err, search_good, lc.t, seconds_per_px=geom.seconds_per_px,
                            smear_sigma_s=sigma * geom.seconds_per_px,
                            smear_kernel=lambda t: profile.pixel(t / geom.seconds_per_px),
                            durations=duration_grid(p.event_min_duration_s,
@@ -361,6 +392,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         "is_reference": nm.is_reference, "scatter": nm.scatter, "expected_noise": nm.expected,
         "scatter_ratio": nm.chi, "n_good": nm.good.sum(axis=1), "mag": mag,
         "contamination": contamination.fraction, "collinear_blend": collinear,
+        "searched": searchable,
         "match_separation_px": separation,
     }
     m = lc.shape[1]

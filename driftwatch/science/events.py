@@ -30,8 +30,9 @@ neighbour overlapping part of the trail does not).
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -39,8 +40,9 @@ import numpy as np
 from driftwatch.science._stats import row_nanmedian
 from scipy.special import ndtr
 
-__all__ = ["EventCandidates", "difference_scatter", "duration_grid", "event_shape", "smeared_shape",
-           "search_events"]
+__all__ = ["EventCandidates", "clear_of_flagged", "clear_of_neighbours", "difference_scatter",
+           "duration_grid",
+           "event_shape", "smeared_shape", "search_events"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Peak amplitudes of the template shapes (the shape, not the fitted amplitude).
@@ -51,7 +53,7 @@ def _magnification(u: np.ndarray) -> np.ndarray:
     return (u * u + 2.0) / (u * np.sqrt(u * u + 4.0))
 
 
-def _impact(magnification: float) -> float:
+def _separation(magnification: float) -> float:
     """Lens-source separation u (Einstein radii) at which the point lens magnifies by A > 1.
 
     A = (u^2 + 2) / (u sqrt(u^2 + 4)) squared is a quadratic in u^2 whose positive root is
@@ -61,13 +63,21 @@ def _impact(magnification: float) -> float:
     return math.sqrt(2.0 * (a / math.sqrt(a * a - 1.0) - 1.0))
 
 
+@functools.lru_cache(maxsize=512)
+def _impact(amplitude: float) -> tuple[float, float]:
+    """Impact parameters (Einstein radii) of peak excess ``amplitude`` and of half of it.
+
+    Cached: a search evaluates the same few shape amplitudes hundreds of times.
+    """
+    return _separation(1.0 + amplitude), _separation(1.0 + amplitude / 2.0)
+
+
 def event_shape(t: np.ndarray, duration_s: float, amplitude: float = 0.05) -> np.ndarray:
     """Return the unit-peak point-lens excess ``(A(t) - 1) / (A(0) - 1)`` at times ``t``.
 
     ``duration_s`` is the FWHM of ``A - 1`` and ``amplitude`` its peak (which sets the wings).
     """
-    u0 = _impact(1.0 + amplitude)
-    uh = _impact(1.0 + amplitude / 2.0)
+    u0, uh = _impact(float(amplitude))
     t_e = duration_s / (2.0 * np.sqrt(uh * uh - u0 * u0))
     u = np.sqrt(u0 * u0 + (np.asarray(t, float) / t_e) ** 2)
     return (_magnification(u) - 1.0) / amplitude
@@ -177,6 +187,86 @@ def _templates(m: int, spp: float, durations: np.ndarray, amplitudes: tuple[floa
     k = np.arange(m)
     lag_index = (k[None, :] - k[:, None]) + (m - 1)  # (c, k)
     return prof_arr[:, lag_index], np.asarray(dur), np.asarray(amp)
+
+
+def clear_of_neighbours(s: np.ndarray, length_px: float, end_z: np.ndarray,
+                        start_px: np.ndarray, reach_px: np.ndarray, level: np.ndarray, *,
+                        threshold: float, margin_px: float,
+                        max_level: float = 0.5) -> np.ndarray:
+    """Samples of each trail that a collinear neighbour's light does not reach.
+
+    A star on the trail's line that detection merged with it or that follows it shows as
+    light beyond one of the trail's ends
+    (:func:`~driftwatch.science.photometry.end_excess`). Drifting the same way, a neighbour
+    offset by ``D`` px beyond the far end lies on ``[D, D + L]`` (beyond the start, on
+    ``[-D, L - D]``). Its light beyond the far end starts ``max(0, D - L)`` px from it and
+    runs to ``D``: a neighbour whose light starts there (``start_px > 0``) has ``D = L +
+    start_px`` and overlaps nothing but its PSF wing; one whose light starts at the end
+    overlaps the trail from ``D = reach_px`` on (the reach is a lower bound of ``D`` when it is
+    the end of the window looked at, so the clean part is then taken smaller than it is).
+    The rest of the trail is clean and can be searched for events.
+
+    Parameters
+    ----------
+    s : ndarray, float64, shape (n, m)
+        Along-trail coordinate of each sample from the t = 0 end, pixels.
+    length_px : float
+        Trail length L, pixels.
+    end_z, start_px, reach_px, level : ndarray, float64, shape (n, 2)
+        Per end (start, far end): significance of the light beyond it, where that light
+        starts and how far it reaches, pixels from the end, and its level as a fraction of
+        the star's (:class:`~driftwatch.science.photometry.EndLight`).
+    threshold : float
+        Significance above which the light beyond an end is a neighbour.
+    margin_px : float
+        Kept clear of the neighbour's own end: its PSF wing, and the error of its position.
+    max_level : float
+        Light beyond an end brighter than this fraction of the star's leaves nothing clean:
+        the "trail" is then most likely a piece of that brighter trail which detection cut
+        off or duplicated (on simulated CCDs such pieces, with no star of their own, are
+        where searching beside neighbours gave false candidates), not a star of its own.
+
+    Returns
+    -------
+    ndarray, bool, shape (n, m)
+        True where the sample is clear of any neighbour found (all True for a trail with
+        none).
+    """
+    s = np.asarray(s, float)
+    z = np.asarray(end_z, float)
+    start = np.asarray(start_px, float)
+    offset = np.where(start > 0, length_px + start, np.asarray(reach_px, float))   # D, (n, 2)
+    bright = np.asarray(level, float) > max_level
+    offset = np.where(bright, -np.inf, offset)   # nothing clean (lo = +inf, hi = -inf)
+    lo = np.where(z[:, 0] > threshold, length_px - offset[:, 0] + margin_px, -np.inf)
+    hi = np.where(z[:, 1] > threshold, offset[:, 1] - margin_px, np.inf)
+    return (s > lo[:, None]) & (s < hi[:, None])
+
+
+def clear_of_flagged(flagged: np.ndarray, margin: int) -> np.ndarray:
+    """Samples more than ``margin`` samples away from any flagged sample of their trail.
+
+    A satellite streak crossing a trail is masked over its core; its wings still add light to
+    the samples beside the masked ones. The rest of the trail is clean.
+
+    Parameters
+    ----------
+    flagged : ndarray, bool, shape (n, m)
+        Samples to keep away from.
+    margin : int
+        Samples on each side of a flagged one that are not clear either.
+
+    Returns
+    -------
+    ndarray, bool, shape (n, m)
+    """
+    flagged = np.asarray(flagged, bool)
+    n, m = flagged.shape
+    c = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(flagged, axis=1)], axis=1)
+    k = np.arange(m)
+    lo = np.clip(k - margin, 0, m)
+    hi = np.clip(k + margin + 1, 0, m)
+    return (c[:, hi] - c[:, lo]) == 0      # no flagged sample within the window
 
 
 def difference_scatter(flux: np.ndarray, err: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -346,6 +436,25 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     EventCandidates
     """
     flux = np.asarray(flux, float)
+    usable = np.asarray(good, bool) & np.isfinite(flux) & np.isfinite(err) & (np.asarray(err) > 0)
+    if searchable is not None:
+        usable &= np.asarray(searchable, bool)[:, None]
+    rows = np.flatnonzero(usable.any(axis=1))
+    if rows.size < flux.shape[0]:
+        # stars with nothing to search add only zeros (no template is valid there): the
+        # search runs on the others alone, with the same results, and its stars map back
+        def sub(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a)[rows]
+
+        ev = search_events(
+            flux[rows], np.asarray(err)[rows], usable[rows], np.asarray(t)[rows],
+            seconds_per_px=seconds_per_px, smear_sigma_s=smear_sigma_s, durations=durations,
+            smear_kernel=smear_kernel, threshold=threshold, chi=sub(chi), searchable=None,
+            min_cover=min_cover, shift=sub(shift), shift_err=sub(shift_err),
+            max_offset_px=max_offset_px, flash_max_duration_s=flash_max_duration_s,
+            flash_max_offset_px=flash_max_offset_px, systematic_floor=systematic_floor,
+            min_calibration_points=min_calibration_points)
+        return replace(ev, star=rows[ev.star])
     n, m = flux.shape
     durations = np.asarray(durations, float)
     spp = float(seconds_per_px)

@@ -18,7 +18,7 @@ import numpy as np
 
 from driftwatch.science._stats import row_nanmedian
 
-__all__ = ["FLAG_NOREF", "Normalised", "select_references", "normalise"]
+__all__ = ["FLAG_NOREF", "Normalised", "misfit_samples", "select_references", "normalise"]
 
 #: Sample flag: no reference star covered this sample, so it is not normalised.
 FLAG_NOREF = 1 << 14
@@ -61,6 +61,55 @@ class Normalised:
     scatter: np.ndarray
     expected: np.ndarray
     chi: np.ndarray
+
+
+def misfit_samples(chi2: np.ndarray, good: np.ndarray, *, factor: float = 4.0,
+                   floor: float = 5.0, min_stars: int = 5) -> np.ndarray:
+    """Samples whose across-trail profile fit is far worse than the star's usual, per star.
+
+    Light of another shape than the star's across the trail (a cosmic ray the DQ mask missed,
+    crossing several pixels of a sample) fits the CCD's profile far worse than the star's other
+    samples. But the seeing also changes along the exposure, the same way for every star: where
+    it departs from the profile fitted to the whole CCD, every bright star (whose chi-square is
+    dominated by that model error, not by noise) fits worse at the same samples, and flagging
+    those would remove a stretch of every bright light curve, with any event in it. So each
+    star's chi-square is compared with its expected value there: ``1 + (c_i - 1) g_k``, for the
+    star's median chi-square ``c_i`` and the CCD's shared pattern ``g_k`` of the excess (the
+    median over the stars with ``c_i > 2`` of ``(chi2_ik - 1) / (c_i - 1)``, never below 1).
+
+    Parameters
+    ----------
+    chi2 : ndarray, float64, shape (n, m)
+        Reduced chi-square of each sample's profile fit.
+    good : ndarray, bool, shape (n, m)
+        Usable samples.
+    factor, floor : float
+        A sample is a misfit above ``max(floor, factor x expected)``.
+    min_stars : int
+        Fewest stars with ``c_i > 2`` to measure the shared pattern (else ``g = 1``).
+
+    Returns
+    -------
+    ndarray, bool, shape (n, m)
+        Usable samples that are misfits.
+    """
+    chi2 = np.asarray(chi2, float)
+    good = np.asarray(good, bool)
+    with np.errstate(invalid="ignore"):
+        typical = np.nan_to_num(row_nanmedian(np.where(good, chi2, np.nan)), nan=1.0)
+    excess = np.maximum(typical - 1.0, 0.0)
+    pattern = np.ones(chi2.shape[1])
+    model_limited = excess > 1.0
+    if model_limited.sum() >= min_stars:
+        rel = np.where(good[model_limited], (chi2[model_limited] - 1.0) /
+                       excess[model_limited, None], np.nan)
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            g = np.nanmedian(rel, axis=0)   # a few dozen bright stars x m samples
+        pattern = np.maximum(np.nan_to_num(g, nan=1.0), 1.0)
+    expected = 1.0 + excess[:, None] * pattern[None, :]
+    return good & (chi2 > np.maximum(floor, factor * expected))
 
 
 def _robust_std(x: np.ndarray, ok: np.ndarray) -> np.ndarray:

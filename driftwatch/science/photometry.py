@@ -56,7 +56,7 @@ __all__ = [
     "LightCurves", "TrailGrid", "trail_grid", "pixels_at", "footprint_labels",
     "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
-    "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess",
+    "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess", "EndLight",
 ]
 
 FLAG_EDGE = 1 << 9
@@ -873,10 +873,43 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     return flag_neighbours(lc, con.flux), profile, con
 
 
+@dataclass(frozen=True)
+class EndLight:
+    """Light on a trail's line beyond each of its ends (``end_excess(..., per_end=True)``).
+
+    Every attribute is float64, shape (n, 2): column 0 the start (t = 0) end, 1 the far end;
+    0 where nothing is there.
+
+    Attributes
+    ----------
+    z : ndarray
+        Significance of the light beyond the end (as :func:`end_excess`).
+    start_px : ndarray
+        Where that light starts, pixels from the end, when it clearly starts beyond the end
+        (a FWHM or more past the window's start, fainter before by 3 sigma) and runs on: a
+        neighbour that follows the trail on its line without overlapping it. 0 when it
+        starts at the end (an overlapping neighbour).
+    reach_px : ndarray
+        How far beyond the end the cumulative excess is most significant: where an
+        overlapping neighbour's trail stops. Light running to the end of the window looked
+        at (``0.7 FWHM + L / 2``) is followed over a second window as long; at its end the
+        reach is a lower bound.
+    level : ndarray
+        Mean excess per sample from the end out to ``reach_px``, as a fraction of the
+        star's baseline.
+    """
+
+    z: np.ndarray
+    start_px: np.ndarray
+    reach_px: np.ndarray
+    level: np.ndarray
+
+
 def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
                profile: LineProfile, sky: np.ndarray | float, gain: float, read_noise: float,
                baseline: np.ndarray, dq: np.ndarray | None = None,
-               end_levels: np.ndarray | None = None) -> np.ndarray:
+               end_levels: np.ndarray | None = None, per_end: bool = False
+               ) -> np.ndarray | EndLight:
     """Significance of light on the trail's line beyond both of its ends, per trail.
 
     A star trail ends: beyond either end only its PSF wing (modelled, subtracted) and sky remain
@@ -895,23 +928,35 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
     ``end_levels`` (n, 2), when given, is the star's flux per sample next to its start and its
     end (e.g. the median of the last few usable samples): the wing beyond an end is modelled
     from it, so a star brightening near an end (an event) is not taken for a neighbour.
+
+    With ``per_end``, returns instead an :class:`EndLight`: the same per end, and where that
+    light lies.
     """
     x0 = np.atleast_1d(np.asarray(x0, float))
     y0 = np.atleast_1d(np.asarray(y0, float))
     n = x0.size
     if n == 0:
-        return np.zeros(0)
+        return EndLight(*(np.zeros((0, 2)),) * 4) if per_end else np.zeros(0)
     h = int(np.ceil(1.3 * profile.fwhm)) + 1
     gap = int(np.ceil(0.7 * profile.fwhm))
     span = max(int(geom.length_px // 2), 4)
     ux, uy = geom.unit
     L = geom.length_px
     out = np.zeros(n)
+    z_ends: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    reach: list[np.ndarray] = []
+    levels: list[np.ndarray] = []
+    baseline = np.broadcast_to(np.asarray(baseline, float), (n,))
     sky_arr = np.broadcast_to(np.asarray(sky, float), (n,))[:, None, None]
     var = np.maximum(sky_arr, 0.0) / gain + (read_noise / gain) ** 2
-    for sign, start in ((-1.0, -gap - span), (1.0, L + gap)):  # the two ends
-        gx = x0 + ux * start
-        gy = y0 + uy * start
+    def line_light(rows: np.ndarray, start: float, sign: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Light on the line of trails ``rows`` over ``span`` px from ``start`` (along-trail
+        coordinate), the star's own wing subtracted, read outward from the end: flux,
+        variance and usable, each (len(rows), k)."""
+        gx = x0[rows] + ux * start
+        gy = y0[rows] + uy * start
         sub = DriftGeometry(geom.dx_dt, geom.dy_dt, span / geom.speed_px_s)
         g = trail_grid(gx, gy, sub, h, image.shape)
         ok = g.inside.copy()
@@ -920,23 +965,28 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         if dq is not None:
             ok &= dq[iyc, ixc] == 0
         prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
-        w = np.where(ok, prof / var, 0.0)
+        w = np.where(ok, prof / var[rows], 0.0)
         den = (w * prof).sum(axis=2)
-        f = (w * (image[iyc, ixc] - sky_arr)).sum(axis=2) / np.where(den > 0, den, 1.0)
+        f = (w * (image[iyc, ixc] - sky_arr[rows])).sum(axis=2) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)
-        level = np.asarray(baseline, float)
+        level = np.asarray(baseline, float)[rows]
         if end_levels is not None:
-            near = np.asarray(end_levels, float)[:, 0 if sign < 0 else 1]
+            near = np.asarray(end_levels, float)[rows, 0 if sign < 0 else 1]
             level = np.where(np.isfinite(near), np.maximum(near, level), level)
         f = f - level[:, None] * (profile.cdf(s_along) - profile.cdf(s_along - L))[None, :]
         e2 = np.where(den > 0, 1.0 / np.where(den > 0, den, 1.0), 0.0)
         use = den > 0
+        if sign < 0:  # the samples before the start run toward it: read them backwards
+            f, e2, use = f[:, ::-1], e2[:, ::-1], use[:, ::-1]
+        return f, e2, use
+
+    every = np.arange(n)
+    for sign, start in ((-1.0, -gap - span), (1.0, L + gap)):  # the two ends
         # outward from the end: a neighbour overlapping by less than half a trail leaves
         # light over its overlap only, so the excess is taken over the first k samples
         # for every k (from 3), and the most significant kept
-        if sign < 0:  # the samples before the start run toward it: read them backwards
-            f, e2, use = f[:, ::-1], e2[:, ::-1], use[:, ::-1]
+        f, e2, use = line_light(every, start, sign)
         nuse = np.cumsum(use, axis=1)
         tot = np.cumsum(np.where(use, f, 0.0), axis=1)
         cvar = np.cumsum(np.where(use, e2, 0.0), axis=1)
@@ -944,4 +994,70 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         zk = np.where((nuse >= 3) & (mean > 0.01 * np.asarray(baseline, float)[:, None]) &
                       (cvar > 0), tot / np.sqrt(np.where(cvar > 0, cvar, 1.0)), 0.0)
         out = np.maximum(out, zk.max(axis=1) if zk.size else 0.0)
+        if per_end and zk.size:
+            z_ends.append(zk.max(axis=1))
+            # where the light lies: the most significant run of samples [a, b) outward (a
+            # neighbour's trail is light of about constant level, between its blurred ends)
+            k_all = zk.shape[1]
+            # only trails with some light beyond the end need to know where it lies
+            lit = np.flatnonzero(zk.max(axis=1) > 3.0)
+            c_f, c_v, c_n = (np.concatenate([np.zeros((lit.size, 1)), c[lit]], axis=1)
+                             for c in (tot, cvar, nuse.astype(float)))
+            box = c_f[:, None, :] - c_f[:, :, None]                     # (n, a, b)
+            bvar = c_v[:, None, :] - c_v[:, :, None]
+            bn = c_n[:, None, :] - c_n[:, :, None]
+            ab = np.arange(k_all + 1)
+            zb = np.where((ab[None, :] > ab[:, None])[None] & (bn >= 3) & (bvar > 0) &
+                          (box > 0.01 * baseline[lit, None, None] * bn),
+                          box / np.sqrt(np.where(bvar > 0, bvar, 1.0)), 0.0)
+            a_b, b_b = np.unravel_index(np.argmax(zb.reshape(lit.size, (k_all + 1) ** 2),
+                                                  axis=1), zb.shape[1:])
+            rows = np.arange(lit.size)
+            # light that starts a FWHM or more beyond the end (a neighbour's blurred start is
+            # a FWHM wide: less could be an overlapping one's light cut by noise or by the
+            # wing model), clearly fainter before than in the run (by 3 sigma of the run's
+            # level), and runs on to the end of the window: a neighbour that follows the
+            # trail on its line without overlapping it
+            b_level = box[rows, a_b, b_b] / np.maximum(bn[rows, a_b, b_b], 1.0)
+            deficit = (b_level * c_n[rows, a_b] - c_f[rows, a_b]) / np.sqrt(
+                np.maximum(c_v[rows, a_b], 1e-300))
+            apart = (a_b >= int(np.ceil(profile.fwhm))) & (b_b >= k_all - 2) & (deficit > 3.0)
+            start_here = np.zeros(n)
+            start_here[lit] = np.where(apart, gap + a_b, 0.0)
+            starts.append(start_here)
+            # for light of constant level out to some distance the cumulative S/N peaks there
+            kz = np.argmax(zk, axis=1)
+            reach_here = np.where(zk.max(axis=1) > 0, gap + kz + 1.0, 0.0)
+            level_here = np.where(zk.max(axis=1) > 0, (tot[every, kz] / np.maximum(
+                nuse[every, kz], 1)) / np.where(baseline > 0, baseline, np.inf), 0.0)
+            # where it runs to the end of the window, a second window beyond tells how far
+            # (a neighbour overlapping less than half the trail; few trails)
+            on = lit[kz[lit] == k_all - 1]
+            if on.size:
+                f2, e22, use2 = line_light(on, start + sign * span, sign)
+                dup = max(k_all - span, 0)      # samples the two windows share
+                f2, e22, use2 = f2[:, dup:], e22[:, dup:], use2[:, dup:]
+                use_l = np.concatenate([use[on], use2], axis=1)
+                nuse_l = np.cumsum(use_l, axis=1)
+                tot_l = np.cumsum(np.where(use_l, np.concatenate([f[on], f2], axis=1), 0.0),
+                                  axis=1)
+                cvar_l = np.cumsum(np.where(use_l, np.concatenate([e2[on], e22], axis=1), 0.0),
+                                   axis=1)
+                zk_l = np.where((nuse_l >= 3) & (tot_l > 0.01 * baseline[on, None] * nuse_l) &
+                                (cvar_l > 0), tot_l / np.sqrt(np.where(cvar_l > 0, cvar_l, 1.0)),
+                                0.0)
+                kl = np.argmax(zk_l, axis=1)
+                rl = np.arange(on.size)
+                reach_here[on] = gap + kl + 1.0
+                level_here[on] = tot_l[rl, kl] / np.maximum(nuse_l[rl, kl], 1) / np.where(
+                    baseline[on] > 0, baseline[on], np.inf)
+            reach.append(reach_here)
+            levels.append(level_here)
+        elif per_end:
+            z_ends.append(np.zeros(n))
+            starts.append(np.zeros(n))
+            reach.append(np.zeros(n))
+            levels.append(np.zeros(n))
+    if per_end:
+        return EndLight(*(np.stack(v, axis=1) for v in (z_ends, starts, reach, levels)))
     return out

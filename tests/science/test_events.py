@@ -141,8 +141,35 @@ def test_smeared_shape_conserves_fluence():
 
 
 def test_impact_parameter_inverts_the_point_lens_magnification():
-    from driftwatch.science.events import _impact, _magnification
+    from driftwatch.science.events import _magnification, _separation
 
     for amp in (1e-3, 0.05, 0.3, 1.0, 10.0):
-        u = _impact(1.0 + amp)
+        u = _separation(1.0 + amp)
         assert abs(float(_magnification(np.array(u))) - 1.0 - amp) < 1e-9 * max(amp, 1.0)
+
+
+def test_stars_with_nothing_to_search_do_not_change_the_others_results():
+    # the search skips stars without a usable sample (not searchable, or all flagged); the
+    # candidates of the others, and their calibration, are as if those were not there
+    from driftwatch.science.events import duration_grid, search_events
+
+    rng = np.random.default_rng(5)
+    n, m, spp = 300, 40, 0.5
+    t = np.tile(np.arange(m) * spp, (n, 1))
+    flux = 1.0 + rng.normal(0.0, 0.01, (n, m))
+    flux[8] += 0.08 * np.exp(-0.5 * ((t[8] - 9.0) / 1.2) ** 2)
+    err = np.full((n, m), 0.01)
+    good = np.ones((n, m), bool)
+    kw = dict(seconds_per_px=spp, smear_sigma_s=1.0, durations=duration_grid(0.3, 5.0),
+              threshold=6.0, min_calibration_points=100)
+    searchable = np.ones(n, bool)
+    searchable[::3] = False
+    good[1::3][:, :] = False            # and others with no usable sample at all
+    full = search_events(flux, err, good, t, searchable=searchable, **kw)
+    keep = searchable & good.any(axis=1)
+    part = search_events(flux[keep], err[keep], good[keep], t[keep], **kw)
+    assert 8 in full.star
+    np.testing.assert_array_equal(full.star, np.flatnonzero(keep)[part.star])
+    np.testing.assert_allclose(full.t_peak_s, part.t_peak_s)
+    np.testing.assert_allclose(full.significance, part.significance)
+    np.testing.assert_allclose(full.calibration, part.calibration)

@@ -72,3 +72,28 @@ def test_non_detections_are_not_normalised():
     nm = normalise(flux, err, good, select_references(flux, err, good))
     assert nm.baseline[0] == 0 and not nm.good[0].any()
     assert np.isfinite(nm.flux[1:]).all()
+
+
+def test_misfits_allow_for_the_seeing_shared_by_bright_stars():
+    # chi-square of the profile fit: ~1 for faint stars (noise-limited); for bright stars
+    # 1 + a_i g_k, where the shared seeing pattern g_k makes the model error 6x over samples
+    # 20-25 (the profile fitted to the whole CCD is worse there for every bright star)
+    from driftwatch.science.normalise import misfit_samples
+
+    rng = np.random.default_rng(11)
+    n, m = 60, 40
+    a = np.where(np.arange(n) < 20, rng.uniform(2.0, 20.0, n), 0.0)     # 20 bright stars
+    g = np.ones(m)
+    g[20:26] = 6.0
+    chi2 = (1.0 + a[:, None] * g[None, :]) * rng.uniform(0.9, 1.1, (n, m))
+    chi2[5, 10] *= 8.0     # a cosmic ray on a bright star, where the seeing is as usual
+    chi2[7, 22] *= 8.0     # and on one where it is not
+    chi2[40, 30] = 12.0    # and on a faint star
+    good = np.ones((n, m), bool)
+    bad = misfit_samples(chi2, good)
+    assert bad[5, 10] and bad[7, 22] and bad[40, 30]
+    bad[5, 10] = bad[7, 22] = bad[40, 30] = False
+    assert not bad.any()   # the seeing's stretch is not flagged on any bright star
+    # a star-by-star threshold (no shared pattern) would flag that stretch
+    typical = np.median(chi2, axis=1)
+    assert (chi2[:20, 20:26] > 4.0 * typical[:20, None]).mean() > 0.2
