@@ -522,13 +522,15 @@ def _peaks(data: np.ndarray, sky2: np.ndarray | None, mask: np.ndarray | None,
     """
     nyb, nxb = filt.shape
     f = filt.ravel()
-    fc = f[bidx]
     n = f.size
-    is_max = np.ones(bidx.size, bool)
+    # (the candidates shrink with each comparison: the later ones run on few pixels)
+    p = bidx
+    fc = f[p]
     for o in (1, nxb - 1, nxb, nxb + 1):  # strict on one side, so a plateau gives one peak
-        is_max &= fc > f[np.minimum(bidx + o, n - 1)]
-        is_max &= fc >= f[np.maximum(bidx - o, 0)]
-    p = bidx[is_max]
+        keep = fc > f[np.minimum(p + o, n - 1)]
+        p, fc = p[keep], fc[keep]
+        keep = fc >= f[np.maximum(p - o, 0)]
+        p, fc = p[keep], fc[keep]
     f0 = f[p]
     pby, pbx = np.divmod(p, nxb)
     fl, fr = f[np.maximum(p - 1, 0)], f[np.minimum(p + 1, n - 1)]
