@@ -14,7 +14,8 @@ What is measured, per run (median, min and max over the runs):
   shared machine took: system busy time minus this process tree's, daemon and workers
   included), and ``daemon_cpu_s``, the CPU seconds of the daemon's own process (watcher, gate,
   dispatcher, database, alerts; its workers not included) over the same interval, which the
-  workers compete with for the cores.
+  workers compete with for the cores; ``worker_peak_rss_mb``, the largest peak resident size
+  (VmHWM) of the daemon's workers by the end of the run (alert stamps drawn included).
 
 Set-up, none of it timed: the inputs are simulated once per process and cached (a full run
 renders 61 full-size CCDs with 1,000 stars each for each of the g, r and VR exposures, fixed
@@ -314,6 +315,7 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
                         alert_mono = msg["mono"]
                         break
                 time.sleep(0.05)
+            worker_hwm = _worker_peak_mb(daemon.pid)
         except BaseException:
             tail = log_path.read_text(errors="replace").splitlines()[-20:]
             print("--- last lines of the daemon log:\n" + "\n".join(tail), file=sys.stderr)
@@ -348,7 +350,25 @@ def _one_run(inp: Inputs, workers: int, settle_s: float, timeout_s: float) -> di
         "cores_used_by_other_processes": others,
         "daemon_start_to_ready_s": ready_s,
         "daemon_cpu_s": daemon_cpu,
+        "worker_peak_rss_mb": worker_hwm,
     }
+
+
+def _worker_peak_mb(pid: int) -> float:
+    """Largest peak resident size (VmHWM, MB) among the processes under the daemon ``pid``:
+    its workers, after the warm-up and the measured exposure (stamps for alerts included)."""
+    import psutil
+
+    peak = 0.0
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            with open(f"/proc/{child.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:  # gone, or no /proc (not Linux)
+            continue
+    return peak
 
 
 def _cpu_s(pid: int) -> float:
@@ -427,7 +447,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     for key in ("complete_to_planned_s", "complete_to_first_ccd_start_s",
                 "complete_to_last_ccd_done_s", "reduction_span_s", "ccd_worker_s_median",
                 "occupancy", "cores_used_by_other_processes", "daemon_start_to_ready_s",
-                "daemon_cpu_s"):
+                "daemon_cpu_s", "worker_peak_rss_mb"):
         out[key] = _spread([r[key] for r in results])
     alerts = [r["complete_to_alert_s"] for r in results if r["complete_to_alert_s"] is not None]
     out["complete_to_alert_s"] = _spread(alerts) if alerts else None
