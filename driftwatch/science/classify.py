@@ -8,7 +8,9 @@ measured by weighted bincounts over the segment bins at once. Segments are class
 their moments and the trail detections:
 
 - ``streak``: much longer than a star trail (``> streak_factor`` x trail length; ``> 4`` x
-  along the drift, where collinear overlapping trails merge) and thin, at any angle; a streak
+  along the drift, where collinear overlapping trails merge) and thin, at any angle, or (cut
+  short by a corner of the CCD) longer than a trail, elongated at 20 degrees or more to the
+  drift and running from the CCD's edge to its edge; a streak
   that crosses star trails absorbs them into one object and stays a streak; its line is found
   by a Hough transform of its bins, and its position and direction are the line's.
 - ``trail``: contains a detected trail, or is elongated along the drift with a trail's length.
@@ -380,7 +382,13 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     line_theta = np.full(k, np.nan)
     line_rho = np.full(k, np.nan)
     streak = np.zeros(k, bool)
-    for i in np.flatnonzero(long_):  # long segments are rare: a few per CCD
+    # a satellite's streak cut short by a corner of the CCD (shorter than twice a trail) is
+    # a segment elongated at 20 degrees or more to the drift, where no single star trail
+    # lies, whose line runs from the CCD's edge to its edge; blends of trails are elongated
+    # at such angles too, but in the CCD's interior
+    tilted = (dang >= np.radians(20.0)) & (a > 2.0 * b) & (length > L + 4 * sig) & ~long_
+    border = 2 * 2.3548 * sig + 2.0
+    for i in np.flatnonzero(long_ | tilted):  # long segments are rare: a few per CCD
         th, rho, span, fill = _hough_line(bidx, blab, int(objs["label"][i]), seg.shape[1],
                                           float(theta[i]))
         # a streak is a continuous line much longer than a trail (not along the drift, where
@@ -388,9 +396,19 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         # absorbed the trails it crosses (its moments are theirs too), a line of six trail
         # lengths at least (a staircase of merged trails is neither)
         dl = np.abs(np.angle(np.exp(2j * (th + np.pi / 2 - geom.angle_rad)))) / 2.0
-        need = 4.0 * L if dl < np.radians(10.0) else streak_factor * (L + 4 * sig)
-        if not (span > need and fill >= 0.8 and (b[i] < 2.0 * sig or span > 6.0 * L)):
-            continue
+        if tilted[i]:
+            if not (dl >= np.radians(20.0) and span > L + 4 * sig and fill >= 0.8):
+                continue
+            (xa, ya), (xb, yb) = _line_ends(bidx, blab, int(objs["label"][i]), seg.shape[1],
+                                            th, rho)
+            at_edge = [min(xe, ye, nx - 1 - xe, ny - 1 - ye) <= border
+                       for xe, ye in ((xa, ya), (xb, yb))]
+            if not all(at_edge):
+                continue
+        else:
+            need = 4.0 * L if dl < np.radians(10.0) else streak_factor * (L + 4 * sig)
+            if not (span > need and fill >= 0.8 and (b[i] < 2.0 * sig or span > 6.0 * L)):
+                continue
         streak[i] = True
         line_theta[i], line_rho[i] = th, rho
         c, s_ = np.cos(th), np.sin(th)
@@ -793,6 +811,26 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, axis: 
     span = float(t.max() - t.min())
     steps = np.unique(np.floor((t - t.min()) / 2.0)).size
     return th, r0, span, steps / (span / 2.0 + 1.0)
+
+
+def _line_ends(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, theta: float,
+               rho: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The two extreme points (full-resolution pixels) of a segment's bins on its line.
+
+    Bins within 2.5 px of ``x cos(theta) + y sin(theta) = rho``, as in :func:`_hough_line`.
+    """
+    lo, hi = np.searchsorted(blab, [label, label + 1])
+    yy, xx = np.divmod(bidx[lo:hi], nxb)
+    xx = 2.0 * xx + 0.5
+    yy = 2.0 * yy + 0.5
+    c, s_ = np.cos(theta), np.sin(theta)
+    on = np.abs(xx * c + yy * s_ - rho) <= 2.5
+    if not on.any():
+        return (np.nan, np.nan), (np.nan, np.nan)
+    xx, yy = xx[on], yy[on]
+    t = -xx * s_ + yy * c
+    i, j = int(np.argmin(t)), int(np.argmax(t))
+    return (float(xx[i]), float(yy[i])), (float(xx[j]), float(yy[j]))
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray, theta: float, rho: float) -> tuple[float, float]:

@@ -246,3 +246,26 @@ def test_overlapping_ends_of_two_trails_are_no_flash():
                                trail_y=y0, gain=4.0)
         hits += int(((src.cls == "point") & (src.snr > 6)).sum())
     assert hits == 0
+
+
+def test_streak_cut_short_by_a_corner_is_a_streak_and_such_a_line_inside_is_not():
+    g, rng, img, x0, y0 = _scene(11, rate=300.0)
+    ny, nx = img.shape
+    # 70 px of a streak at 30 degrees to the drift across the CCD's corner (crossing a
+    # trail), and the same short line in the interior (no satellite stops on the CCD)
+    ang = np.radians(150.0)
+    u = np.array([np.cos(ang), np.sin(ang)])
+    corner = np.array([nx - 1.0, ny - 36.0])
+    inner = np.array([200.0, 100.0])
+    _streak(img, ang, *corner, 40.0, length=80.0)
+    _streak(img, ang, *inner, 40.0, length=70.0)
+    xc = x0 + g.dx_dt * g.exptime / 2
+    src = classify_sources(_noisy(img, rng), NOISE, g, psf_sigma=SIG, trail_x=xc, trail_y=y0,
+                           gain=4.0)
+    st = np.flatnonzero((src.cls == "streak") & np.isfinite(src.line_theta))
+    assert st.size == 1
+    i = st[0]
+    assert abs(np.angle(np.exp(2j * (src.theta[i] - ang)))) / 2 < np.radians(5)
+    assert abs((src.x[i] - corner[0]) * u[1] - (src.y[i] - corner[1]) * u[0]) < 3
+    mid = inner + 35.0 * u
+    assert src.cls[_near(src, *mid)] != "streak"
