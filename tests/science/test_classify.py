@@ -269,3 +269,14 @@ def test_streak_cut_short_by_a_corner_is_a_streak_and_such_a_line_inside_is_not(
     assert abs((src.x[i] - corner[0]) * u[1] - (src.y[i] - corner[1]) * u[0]) < 3
     mid = inner + 35.0 * u
     assert src.cls[_near(src, *mid)] != "streak"
+
+
+def test_candidates_drop_points_in_classifications_glint_zone_only():
+    # flashes are the point sources off the streaks' lines: the candidates' zone around a
+    # line is classification's (a wider one dropped flashes classification kept as points)
+    import inspect
+
+    from driftwatch.pipeline import ccd
+
+    default = inspect.signature(classify_sources).parameters["glint_fwhm"].default
+    assert ccd._GLINT_FWHM == default
