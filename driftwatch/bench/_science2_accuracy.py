@@ -273,11 +273,14 @@ def _classes(runs: list[dict]) -> dict[str, Any]:
 
 
 def accuracy(tmp: Path, quick: bool = False,
-             seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
+             seeds: tuple[int, ...] | None = None,
+             null_seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Injection-recovery, photometry, classification and false candidates vs truth.
 
     ``seeds`` replaces the injected CCDs' seeds (101-108; quick: 101, 102), e.g. 109-116 to
-    check on CCDs that no setting was chosen on.
+    check on CCDs that no setting was chosen on; ``null_seeds`` those of the CCDs without
+    injected events (200-219; quick: 200-202), e.g. 220-239. Each false candidate is listed
+    (seed, kind, trail, x, y, t_peak) so that it can be looked up in the truth tables.
     """
     from driftwatch.simulate.focalplane import FULL_SHAPE
 
@@ -292,15 +295,22 @@ def accuracy(tmp: Path, quick: bool = False,
         "injection": _injection(inj_runs),
         "classes": _classes(inj_runs),
     }
-    n_false = 3 if quick else 20
+    if null_seeds is None:
+        null_seeds = tuple(range(200, 203 if quick else 220))
+    n_false = len(null_seeds)
     false_runs = [_reduce_sim(tmp / f"null{s}", s, shape=FULL_SHAPE, n_stars=2300,
                               n_brightenings=0, n_flashes=0, n_streaks=1, expnum=3000000 + s)
-                  for s in range(200, 200 + n_false)]
+                  for s in null_seeds]
     counts = [len(r["cands"]["kind"]) for r in false_runs]
     kinds = [str(k) for r in false_runs for k in r["cands"]["kind"]]
+    listed = [f"seed {s}: {c['kind'][i]} trail {c['trail_id'][i]} at ({c['x'][i]:.1f}, "
+              f"{c['y'][i]:.1f}) t_peak {c['t_peak_s'][i]:.2f} s"
+              for s, r in zip(null_seeds, false_runs) for c in (r["cands"],)
+              for i in range(len(c["kind"]))]
     out["false"] = {"ccds": n_false, "candidates_total": int(sum(counts)),
                     "per_10_ccds": 10.0 * sum(counts) / n_false, "per_ccd": counts,
-                    "by_kind": {k: kinds.count(k) for k in sorted(set(kinds))}}
+                    "by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
+                    "candidates": listed}
     out["photometry"] = _photometry(false_runs + inj_runs, rng)
     out["accuracy_seconds"] = time.perf_counter() - t0
     return out

@@ -35,6 +35,11 @@ _COLLINEAR_Z = 6.0
 _COLLINEAR_MARGIN_FWHM = 1.0
 #: Samples kept clear of a satellite streak's masked core on a trail it crosses, in FWHM.
 _STREAK_MARGIN_FWHM = 2.0
+#: A point source this close to a satellite streak's line, in FWHM, is a glint of it (the
+#: streak's light, the line's error included): no flash. The same zone in classification
+#: and in the candidates (it was 2 FWHM there but 2 FWHM + 2 px here, losing the flashes
+#: between, which classification had kept as points).
+_GLINT_FWHM = 2.0
 #: Samples kept clear of a masked cosmic ray's pixels, in FWHM.
 _CR_MARGIN_FWHM = 0.5
 #: A trail with a collinear neighbour or crossed by a streak is searched if this many usable
@@ -272,7 +277,8 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         binned = bin2x2(image, cls_mask, sky2)  # the detection image, reused by find_streaks
         src = classify_sources(image, bg.global_rms, geom, psf_sigma=sigma0,
                                trail_x=det.xc, trail_y=det.yc, mask=cls_mask,
-                               saturated=sat_mask, gain=ccd.gain, binned=binned, sky2=sky2)
+                               saturated=sat_mask, gain=ccd.gain, binned=binned, sky2=sky2,
+                               glint_fwhm=_GLINT_FWHM, dq=dq)
         seg_lines = (src.cls == "streak") & np.isfinite(src.line_theta)
         # the full-size masks are dead once the sources are classified: freed before the
         # streak search, where a CCD's reduction peaks in memory
@@ -408,13 +414,13 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     }
     cands: list[CandidateSummary] = []
     stamps: list[dict[str, Any]] = []
-    # flashes: point sources 2 FWHM off the satellite streaks' lines (a glint there is the
-    # satellite's), plus 2 px for the lines' own error
+    # flashes: point sources off the satellite streaks' cores (a glint there is the
+    # satellite's); a flash beside a streak, clear of its core, is still a flash
     is_line = (src.cls == "streak") & np.isfinite(src.line_theta)
     off_streak = np.ones(len(src), bool)
     for th, rho in zip(np.concatenate([src.line_theta[is_line], lines.theta]),
                        np.concatenate([src.line_rho[is_line], lines.rho])):
-        off_streak &= np.abs(src.x * np.cos(th) + src.y * np.sin(th) - rho) > 2.0 * fwhm + 2
+        off_streak &= np.abs(src.x * np.cos(th) + src.y * np.sin(th) - rho) > _GLINT_FWHM * fwhm
     points = np.flatnonzero((src.cls == "point") & (src.snr >= p.event_threshold_sigma) &
                             off_streak)
     ux, uy = geom.unit

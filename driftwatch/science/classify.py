@@ -8,7 +8,9 @@ measured by weighted bincounts over the segment bins at once. Segments are class
 their moments and the trail detections:
 
 - ``streak``: much longer than a star trail (``> streak_factor`` x trail length; ``> 4`` x
-  along the drift, where collinear overlapping trails merge) and thin, at any angle; a streak
+  along the drift, where collinear overlapping trails merge) and thin, at any angle, or (cut
+  short by a corner of the CCD) longer than a trail, elongated at 20 degrees or more to the
+  drift and running from the CCD's edge to its edge; a streak
   that crosses star trails absorbs them into one object and stays a streak; its line is found
   by a Hough transform of its bins, and its position and direction are the line's.
 - ``trail``: contains a detected trail, or is elongated along the drift with a trail's length.
@@ -30,7 +32,10 @@ the seeing crossing time, a candidate millisecond flash) when
 - it is not sharper than the PSF (a cosmic ray: minor-axis rms of its trail-subtracted light
   below ``sharp_factor`` x PSF sigma, or a peak pixel far above a PSF's), nor longer (major
   axis rms above 1.35 PSF sigma: overlapping trail ends, a blend), lies 2 FWHM from
-  the CCD edge, 3 px from masked pixels and 3 FWHM from saturated ones.
+  the CCD edge, 3 px from masked pixels and 3 FWHM from saturated ones;
+- it is not where two detected trails' extents overlap (their sum steps up along the
+  drift for the overlap's length), unless far brighter than the light under it;
+- it is not on pixels the DQ mask flags as a cosmic ray (its charge spreads beyond them).
 
 A compact excess on a star's steady light along the drift is either a flash on the star or
 the star's own short brightening (they look alike): unless it is far brighter than the star
@@ -39,8 +44,8 @@ decides. ``on_trail`` names the detected trail whose centre line a peak lies on 
 the event search's candidates there are the same light). A trail detection whose only light
 is the point (no steady light along its line) was the flash itself: ``trail`` names it.
 
-A peak within 2 FWHM of a streak's line (a crossing with a trail, or a glint) is part of the
-streak. Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
+A peak within 1.5 FWHM of a streak's line (its core: a crossing with a trail, or a glint) is
+part of the streak. Only ``point`` sources become (flash) candidates; streaks and cosmic rays never do.
 """
 
 from __future__ import annotations
@@ -280,6 +285,7 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
                      streak_factor: float = 2.0, sharp_factor: float = 0.55,
                      edge: int = 3, on_trail_px: float = 1.0,
                      star_ratio_max: float = 3.0, trail_var: float = 0.07,
+                     glint_fwhm: float = 2.0, dq: np.ndarray | None = None,
                      binned: np.ndarray | None = None,
                      sky2: np.ndarray | None = None) -> Sources:
     """Detect and classify every source of a background-subtracted CCD image.
@@ -322,6 +328,12 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         A point on a star's trail line brighter than this many times the star's own light
         under it (in the filtered image) is a flash, not the star's brightening: a star
         varying that much within a seeing crossing is far less likely than a coincidence.
+    glint_fwhm : float
+        A peak this many FWHM from a streak's line (its core, where a glint of the satellite
+        is, the line's error included) is the streak's.
+    dq : ndarray, uint8, shape (ny, nx), optional
+        CP data-quality codes: a peak within 2 px of pixels flagged as a cosmic ray (code 5)
+        is that cosmic ray (its charge spreads into unflagged pixels around them).
     """
     import scipy.ndimage as ndi
 
@@ -370,7 +382,13 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     line_theta = np.full(k, np.nan)
     line_rho = np.full(k, np.nan)
     streak = np.zeros(k, bool)
-    for i in np.flatnonzero(long_):  # long segments are rare: a few per CCD
+    # a satellite's streak cut short by a corner of the CCD (shorter than twice a trail) is
+    # a segment elongated at 20 degrees or more to the drift, where no single star trail
+    # lies, whose line runs from the CCD's edge to its edge; blends of trails are elongated
+    # at such angles too, but in the CCD's interior
+    tilted = (dang >= np.radians(20.0)) & (a > 2.0 * b) & (length > L + 4 * sig) & ~long_
+    border = 2 * 2.3548 * sig + 2.0
+    for i in np.flatnonzero(long_ | tilted):  # long segments are rare: a few per CCD
         th, rho, span, fill = _hough_line(bidx, blab, int(objs["label"][i]), seg.shape[1],
                                           float(theta[i]))
         # a streak is a continuous line much longer than a trail (not along the drift, where
@@ -378,9 +396,19 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
         # absorbed the trails it crosses (its moments are theirs too), a line of six trail
         # lengths at least (a staircase of merged trails is neither)
         dl = np.abs(np.angle(np.exp(2j * (th + np.pi / 2 - geom.angle_rad)))) / 2.0
-        need = 4.0 * L if dl < np.radians(10.0) else streak_factor * (L + 4 * sig)
-        if not (span > need and fill >= 0.8 and (b[i] < 2.0 * sig or span > 6.0 * L)):
-            continue
+        if tilted[i]:
+            if not (dl >= np.radians(20.0) and span > L + 4 * sig and fill >= 0.8):
+                continue
+            (xa, ya), (xb, yb) = _line_ends(bidx, blab, int(objs["label"][i]), seg.shape[1],
+                                            th, rho)
+            at_edge = [min(xe, ye, nx - 1 - xe, ny - 1 - ye) <= border
+                       for xe, ye in ((xa, ya), (xb, yb))]
+            if not all(at_edge):
+                continue
+        else:
+            need = 4.0 * L if dl < np.radians(10.0) else streak_factor * (L + 4 * sig)
+            if not (span > need and fill >= 0.8 and (b[i] < 2.0 * sig or span > 6.0 * L)):
+                continue
         streak[i] = True
         line_theta[i], line_rho[i] = th, rho
         c, s_ = np.cos(th), np.sin(th)
@@ -416,12 +444,30 @@ def classify_sources(data: np.ndarray, noise: float, geom: DriftGeometry, *,
     # star's own short brightening: it stays with the trail (its light curve decides)
     on_star = ((p_on >= 0) | ~p_near) & (pk["steady_snr"] >= 3.0) & \
         ~(pk["excess"] > star_ratio_max * pk["steady"])
-    pcls = np.where(pk["sharp"], "cosmic_ray", np.where(on_star, "trail", "point"))
+    sharp = pk["sharp"]
+    if dq is not None and px.size:
+        # a cosmic ray the CP flagged (code 5) leaves charge in the unflagged pixels around
+        # its core, on a trail's wing enough for a compact excess no sharper than the
+        # seeing's: it is the cosmic ray, not a flash (a flash within 2 px of one is rarer by
+        # far than the cosmic rays themselves)
+        iy, ix, inside = _stamp_index(px, py, 2, dq.shape)
+        sharp = sharp | ((dq[iy, ix] == 5) & inside).any(axis=(1, 2))
+    pcls = np.where(sharp, "cosmic_ray", np.where(on_star, "trail", "point"))
     # longer than the PSF (two trails' overlapping ends, a blend): no point
     pcls = np.where((pcls == "point") & (pk["a"] > 1.35 * sig), "artefact", pcls)
-    # on a streak's line (its crossings with trails, a glint): the streak's
+    # inside the along-drift extent of two trails next to it (within 3 PSF sigma across):
+    # where two trails' ends overlap, the light along the drift steps up by one trail's
+    # light for the length of the overlap, a compact excess when it is shorter than the
+    # comparison baseline, however round the sum looks; unless far brighter than the
+    # light under it (``star_ratio_max``) it is that overlap
+    two = (_covering_trails(px, py, txs, tys, geom, 3.0 * sig) >= 2) & \
+        ~(pk["excess"] > star_ratio_max * pk["steady"])
+    pcls = np.where((pcls == "point") & two, "artefact", pcls)
+    # on a streak's line (its crossings with trails, a glint): the streak's; its core is
+    # ~1 FWHM wide and its line ~1 px off at most, so beyond ``glint_fwhm`` a peak is no
+    # light of the satellite (a flash beside the streak)
     for th, rho in zip(line_theta[streak], line_rho[streak]):
-        on_line = np.abs(px * np.cos(th) + py * np.sin(th) - rho) <= 2 * 2.3548 * sig
+        on_line = np.abs(px * np.cos(th) + py * np.sin(th) - rho) <= glint_fwhm * 2.3548 * sig
         pcls = np.where(on_line, "streak", pcls)
         pk["theta"] = np.where(on_line, th + np.pi / 2, pk["theta"])
     pseg = lab_of[seg[np.clip(np.floor(py / 2).astype(np.int64), 0, seg.shape[0] - 1),
@@ -700,6 +746,32 @@ def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarr
     return on_trail, self_trail
 
 
+def _covering_trails(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarray,
+                     geom: DriftGeometry, across_px: float) -> np.ndarray:
+    """Number of detected trails whose extent along the drift covers each peak.
+
+    Only trails within ``across_px`` of the peak across the drift count: their light is
+    under the peak. Trails are windowed by x (sorted), as in :func:`_trail_relation`.
+    """
+    n = np.zeros(px.size, np.int64)
+    if px.size == 0 or tx.size == 0:
+        return n
+    ux, uy = geom.unit
+    half = 0.5 * geom.length_px
+    txs = np.sort(tx)
+    tys = ty[np.argsort(tx)]
+    reach = half * abs(ux) + across_px * abs(uy) + 1.0
+    lo = np.searchsorted(txs, px - reach)
+    hi = np.searchsorted(txs, px + reach)
+    cnt = hi - lo
+    pid = np.repeat(np.arange(px.size), cnt)
+    tid = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+    dxs = txs[tid] - px[pid]
+    dys = tys[tid] - py[pid]
+    ok = (np.abs(dxs * ux + dys * uy) <= half) & (np.abs(-dxs * uy + dys * ux) <= across_px)
+    return np.bincount(pid[ok], minlength=px.size)
+
+
 def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, axis: float,
                 max_pixels: int = 1500) -> tuple[float, float, float, float]:
     """Strongest straight line through a segment's bins: (theta, rho, span, fill).
@@ -739,6 +811,26 @@ def _hough_line(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, axis: 
     span = float(t.max() - t.min())
     steps = np.unique(np.floor((t - t.min()) / 2.0)).size
     return th, r0, span, steps / (span / 2.0 + 1.0)
+
+
+def _line_ends(bidx: np.ndarray, blab: np.ndarray, label: int, nxb: int, theta: float,
+               rho: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The two extreme points (full-resolution pixels) of a segment's bins on its line.
+
+    Bins within 2.5 px of ``x cos(theta) + y sin(theta) = rho``, as in :func:`_hough_line`.
+    """
+    lo, hi = np.searchsorted(blab, [label, label + 1])
+    yy, xx = np.divmod(bidx[lo:hi], nxb)
+    xx = 2.0 * xx + 0.5
+    yy = 2.0 * yy + 0.5
+    c, s_ = np.cos(theta), np.sin(theta)
+    on = np.abs(xx * c + yy * s_ - rho) <= 2.5
+    if not on.any():
+        return (np.nan, np.nan), (np.nan, np.nan)
+    xx, yy = xx[on], yy[on]
+    t = -xx * s_ + yy * c
+    i, j = int(np.argmin(t)), int(np.argmax(t))
+    return (float(xx[i]), float(yy[i])), (float(xx[j]), float(yy[j]))
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray, theta: float, rho: float) -> tuple[float, float]:
