@@ -479,13 +479,29 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     # in a star's normalisation level does not look like a long event
     sw = np.maximum(w.sum(axis=1), 1e-300)[:, None]
     swt = w @ flat_t
-    num = ((wr @ flat_t) - wr.sum(axis=1)[:, None] * swt / sw).reshape(n, n_shapes, m)
-    den = ((w @ flat_t2) - swt * swt / sw).reshape(n, n_shapes, m)
+    # (in place, the same operations in the same order: fewer full-size temporaries)
+    num = wr @ flat_t
+    tmp = np.multiply(wr.sum(axis=1)[:, None], swt)
+    tmp /= sw
+    num -= tmp
+    den = w @ flat_t2
+    np.multiply(swt, swt, out=tmp)
+    tmp /= sw
+    den -= tmp
+    del tmp
+    num, den = num.reshape(n, n_shapes, m), den.reshape(n, n_shapes, m)
     mean_t = (swt / sw).reshape(n, n_shapes, m)
-    cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m) / T2.sum(axis=2)[None]
-    valid = (den > 0) & (cover >= min_cover)
-    S = np.where(valid, num / np.sqrt(np.where(valid, den, 1.0)), 0.0)
-    amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
+    cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m)
+    cover /= T2.sum(axis=2)[None]
+    valid = np.greater_equal(cover, min_cover, out=np.empty(cover.shape, bool))
+    valid &= den > 0
+    del cover
+    # (divisions only where valid, into zeros: the values of np.where(valid, num / ..., 0)
+    # without its full-size temporaries; these arrays are stars x templates x centres)
+    S = np.zeros(num.shape)
+    np.divide(num, np.sqrt(den, where=valid, out=np.ones(den.shape)), out=S, where=valid)
+    amp = np.zeros(num.shape)
+    np.divide(num, den, out=amp, where=valid)
 
     calib = np.ones(n_shapes)
     for j in range(n_shapes):  # a few dozen templates, not a loop over stars
