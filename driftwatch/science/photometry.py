@@ -360,9 +360,9 @@ def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     ok_trail = g.inside[:, sl].all(axis=(1, 2))
     if ok_trail.sum() < 3:
         return fallback
-    vals = image[g.iy[ok_trail][:, sl].clip(0, image.shape[0] - 1),
-                 g.ix[ok_trail][:, sl].clip(0, image.shape[1] - 1)] - \
-        sky[ok_trail][:, None, None]
+    # (block reads of the windows, then the rows and samples used: the pixels that
+    # clipped 2-D fancy indexing gives, several times faster)
+    vals = grid_reader(g, image.shape)(image)[ok_trail][:, sl] - sky[ok_trail][:, None, None]
     prof = vals.sum(axis=1)
     dist = g.d[ok_trail][:, sl.start]
     total = prof.sum(axis=1)
