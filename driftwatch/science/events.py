@@ -530,11 +530,13 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         # that fits best (largest uncalibrated S, the likelihood): the calibration grows
         # slightly with duration on real data (red noise), and choosing by Z would then
         # bias the duration short and the amplitude high
-        zmax = (sign * flat).max(axis=1)
+        # (a dip's maximum of -Z is minus the minimum of Z: no negated full-size copy)
+        zmax = flat.max(axis=1) if sign > 0 else -flat.min(axis=1)
         hit = np.flatnonzero(zmax > threshold)
         if hit.size == 0:
             continue
-        best = np.argmax(sign * flat_s[hit], axis=1)
+        best = (np.argmax(flat_s[hit], axis=1) if sign > 0 else
+                np.argmin(flat_s[hit], axis=1))
         jd, jc = np.unravel_index(best, (n_shapes, m))
         zbest = np.zeros(n)
         zbest[hit] = sign * Z[hit, jd, jc]
