@@ -379,6 +379,21 @@ def _shape_integral(duration: np.ndarray, amplitude: np.ndarray, lo: np.ndarray,
     return out
 
 
+def _median(v: np.ndarray) -> float:
+    """``np.median`` of a 1-D float array, by one partition.
+
+    np.median partitions at both middle elements of an even-sized array (and at its last, to
+    find NaNs): several times slower than one partition at the upper middle, below which
+    the lower middle is the largest element. The same value to the last bit.
+    """
+    if not np.isfinite(v).all():
+        return float(np.median(v))
+    n = v.size
+    h = n // 2
+    p = np.partition(v, h)
+    return float(p[h]) if n % 2 else float((p[:h].max() + p[h]) / 2)
+
+
 def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.ndarray, *,
                   seconds_per_px: float, smear_sigma_s: float, durations: np.ndarray,
                   smear_kernel: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -508,8 +523,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         v = S[:, j, :][valid[:, j, :]]
         v = v[:: max(1, v.size // 20000)]  # a robust width needs no more points
         if v.size >= min_calibration_points:
-            med = np.median(v)
-            calib[j] = max(1.0, 1.4826 * np.median(np.abs(v - med)))
+            med = _median(v)
+            calib[j] = max(1.0, 1.4826 * _median(np.abs(v - med)))
     Z = S / calib[None, :, None]
 
     # effective independent trials: stars x (samples / template width) x durations x signs
