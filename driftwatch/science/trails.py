@@ -1049,12 +1049,18 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         lap += w[:, 1:-1, 2:]
         lap *= np.float32(0.25)
         np.subtract(core, lap, out=lap)
-        hit = np.zeros(w.shape, dtype=bool)
-        hit[:, 1:-1, 1:-1] = (lap > 5.0 * rms[:, None, None]) & (lap > 0.4 * core)
+        # the 5-sigma test first: the second test (and the hit map) only on the windows
+        # that pass it somewhere (the same hits)
+        sharp = lap > 5.0 * rms[:, None, None]
+        cand = np.flatnonzero(sharp.any(axis=(1, 2)))
+        both = sharp[cand] & (lap[cand] > 0.4 * core[cand])
+        del sharp
         # only the windows with a hit (few) are tested further, each on its own
-        cr = np.flatnonzero(hit.any(axis=(1, 2)))
+        has = both.any(axis=(1, 2))
+        cr = cand[has]
         if cr.size:
-            hit = hit[cr]
+            hit = np.zeros((cr.size,) + w.shape[1:], dtype=bool)
+            hit[:, 1:-1, 1:-1] = both[has]
             grown = hit.copy()
             grown[:, 1:, :] |= hit[:, :-1, :]
             grown[:, :-1, :] |= hit[:, 1:, :]
