@@ -946,7 +946,13 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         del pair
         vals = np.where(bad, np.float32(0), binned2[:by * h, :bx * h])
         tot = _bin_sum(_bin_sum(vals, h, 1), h, 0)
-        cnt = 4 * _bin_sum(_bin_sum((~bad).view(np.uint8).astype(np.int16), h, 1), h, 0)
+        if h * h <= 255:
+            # the masked bins counted in uint8 (h x h per block at most) and taken from the
+            # block's size: the same int16 counts without the negated and widened copies
+            n_bad = _bin_sum(_bin_sum(bad.view(np.uint8), h, 1), h, 0).astype(np.int16)
+            cnt = 4 * (np.int16(h * h) - n_bad)
+        else:
+            cnt = 4 * _bin_sum(_bin_sum((~bad).view(np.uint8).astype(np.int16), h, 1), h, 0)
     else:
         # bin by adding strided slices (columns, then rows): a 4-d reshape-and-sum over
         # the short axes is several times slower on a full CCD

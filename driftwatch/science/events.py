@@ -379,6 +379,21 @@ def _shape_integral(duration: np.ndarray, amplitude: np.ndarray, lo: np.ndarray,
     return out
 
 
+def _median(v: np.ndarray) -> float:
+    """``np.median`` of a 1-D float array, by one partition.
+
+    np.median partitions at both middle elements of an even-sized array (and at its last, to
+    find NaNs): several times slower than one partition at the upper middle, below which
+    the lower middle is the largest element. The same value to the last bit.
+    """
+    if not np.isfinite(v).all():
+        return float(np.median(v))
+    n = v.size
+    h = n // 2
+    p = np.partition(v, h)
+    return float(p[h]) if n % 2 else float((p[:h].max() + p[h]) / 2)
+
+
 def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.ndarray, *,
                   seconds_per_px: float, smear_sigma_s: float, durations: np.ndarray,
                   smear_kernel: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -479,21 +494,37 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     # in a star's normalisation level does not look like a long event
     sw = np.maximum(w.sum(axis=1), 1e-300)[:, None]
     swt = w @ flat_t
-    num = ((wr @ flat_t) - wr.sum(axis=1)[:, None] * swt / sw).reshape(n, n_shapes, m)
-    den = ((w @ flat_t2) - swt * swt / sw).reshape(n, n_shapes, m)
+    # (in place, the same operations in the same order: fewer full-size temporaries)
+    num = wr @ flat_t
+    tmp = np.multiply(wr.sum(axis=1)[:, None], swt)
+    tmp /= sw
+    num -= tmp
+    den = w @ flat_t2
+    np.multiply(swt, swt, out=tmp)
+    tmp /= sw
+    den -= tmp
+    del tmp
+    num, den = num.reshape(n, n_shapes, m), den.reshape(n, n_shapes, m)
     mean_t = (swt / sw).reshape(n, n_shapes, m)
-    cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m) / T2.sum(axis=2)[None]
-    valid = (den > 0) & (cover >= min_cover)
-    S = np.where(valid, num / np.sqrt(np.where(valid, den, 1.0)), 0.0)
-    amp = np.where(valid, num / np.where(valid, den, 1.0), 0.0)
+    cover = (ok.astype(float) @ flat_t2).reshape(n, n_shapes, m)
+    cover /= T2.sum(axis=2)[None]
+    valid = np.greater_equal(cover, min_cover, out=np.empty(cover.shape, bool))
+    valid &= den > 0
+    del cover
+    # (divisions only where valid, into zeros: the values of np.where(valid, num / ..., 0)
+    # without its full-size temporaries; these arrays are stars x templates x centres)
+    S = np.zeros(num.shape)
+    np.divide(num, np.sqrt(den, where=valid, out=np.ones(den.shape)), out=S, where=valid)
+    amp = np.zeros(num.shape)
+    np.divide(num, den, out=amp, where=valid)
 
     calib = np.ones(n_shapes)
     for j in range(n_shapes):  # a few dozen templates, not a loop over stars
         v = S[:, j, :][valid[:, j, :]]
         v = v[:: max(1, v.size // 20000)]  # a robust width needs no more points
         if v.size >= min_calibration_points:
-            med = np.median(v)
-            calib[j] = max(1.0, 1.4826 * np.median(np.abs(v - med)))
+            med = _median(v)
+            calib[j] = max(1.0, 1.4826 * _median(np.abs(v - med)))
     Z = S / calib[None, :, None]
 
     # effective independent trials: stars x (samples / template width) x durations x signs
@@ -514,11 +545,13 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         # that fits best (largest uncalibrated S, the likelihood): the calibration grows
         # slightly with duration on real data (red noise), and choosing by Z would then
         # bias the duration short and the amplitude high
-        zmax = (sign * flat).max(axis=1)
+        # (a dip's maximum of -Z is minus the minimum of Z: no negated full-size copy)
+        zmax = flat.max(axis=1) if sign > 0 else -flat.min(axis=1)
         hit = np.flatnonzero(zmax > threshold)
         if hit.size == 0:
             continue
-        best = np.argmax(sign * flat_s[hit], axis=1)
+        best = (np.argmax(flat_s[hit], axis=1) if sign > 0 else
+                np.argmin(flat_s[hit], axis=1))
         jd, jc = np.unravel_index(best, (n_shapes, m))
         zbest = np.zeros(n)
         zbest[hit] = sign * Z[hit, jd, jc]

@@ -191,17 +191,20 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
         # The rows are then the same for every sample: (n, 1, w), broadcast (read-only).
         kmid = 0.5 * (n_samples(geom) - 1)
         py = np.rint(y0 + kmid * uy)[:, None, None] + np.rint(j * ny_)[None, None, :]
-        iy = np.broadcast_to(py.astype(np.int64), px.shape)
+        iy_rows = py.astype(np.int64)
+        iy = np.broadcast_to(iy_rows, px.shape)
     else:
         py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
         np.rint(py, out=py)
-        iy = py.astype(np.int64)
+        iy = iy_rows = py.astype(np.int64)
     ry = np.subtract(py, y0[:, None, None], out=py)
     s = rx[:, :, jc] * ux + np.broadcast_to(ry, rx.shape)[:, :, jc] * uy
     d = np.multiply(rx, nx_, out=rx)
     d += ry * ny_
-    # negative indices wrap to huge unsigned values: one comparison per axis
-    inside = (ix.view(np.uint64) < shape[1]) & (iy.view(np.uint64) < shape[0])
+    # negative indices wrap to huge unsigned values: one comparison per axis (along x, on
+    # the (n, 1, w) rows before they are broadcast)
+    inside = ix.view(np.uint64) < shape[1]
+    inside &= iy_rows.view(np.uint64) < shape[0]
     return TrailGrid(ix=ix, iy=iy, inside=inside, d=d, s=s)
 
 
@@ -317,9 +320,14 @@ def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius
     flat = (g.iy * shape[1] + g.ix)[keep]
     lab = idx[keep]
     first = np.zeros(shape, dtype=dtype)
-    last = np.zeros(shape, dtype=dtype)
     first.ravel()[flat] = lab
-    last.ravel()[flat[::-1]] = lab[::-1]
+    # The two paintings differ only where trails overlap: there ``first`` holds the highest
+    # index (painted last) and ``last`` the lowest. A copy of ``first``, repainted in reverse
+    # at the footprint pixels some later trail painted over (few; the lowest index among
+    # them wins, as in a whole reverse painting), costs a third of a second full painting.
+    last = first.copy()
+    over = first.ravel()[flat] != lab
+    last.ravel()[flat[over][::-1]] = lab[over][::-1]
     return first, last
 
 
@@ -360,9 +368,9 @@ def measure_profile(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     ok_trail = g.inside[:, sl].all(axis=(1, 2))
     if ok_trail.sum() < 3:
         return fallback
-    vals = image[g.iy[ok_trail][:, sl].clip(0, image.shape[0] - 1),
-                 g.ix[ok_trail][:, sl].clip(0, image.shape[1] - 1)] - \
-        sky[ok_trail][:, None, None]
+    # (block reads of the windows, then the rows and samples used: the pixels that
+    # clipped 2-D fancy indexing gives, several times faster)
+    vals = grid_reader(g, image.shape)(image)[ok_trail][:, sl] - sky[ok_trail][:, None, None]
     prof = vals.sum(axis=1)
     dist = g.d[ok_trail][:, sl.start]
     total = prof.sum(axis=1)
@@ -507,7 +515,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     # one reader serves the four images read on the grid (pixels, DQ, two label maps)
     read = grid_reader(g, image.shape)
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
-    # CCD's reduction); every sum over a sample's pixels is accumulated in float64
+    # CCD's reduction)
     f32 = np.float32
     data = read(image).astype(f32, copy=False)
     sky_arr = np.broadcast_to(np.asarray(sky, dtype=float).reshape(-1, 1, 1)
@@ -566,7 +574,12 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         var_sky = var_sky + np.maximum(nb, f32(0.0)) * inv_gain
         del nb
     w = w_ok.astype(f32)
-    sum2 = functools.partial(np.sum, axis=2, dtype=np.float64)
+    # sums over a sample's pixels: float32 products summed by einsum (one fused pass, 5x
+    # faster than a float64 reduction over the short last axis; 15 terms in float32 agree
+    # with the float64 sum to ~1e-7 relative), returned float64 for the (n, m) arithmetic
+    def dot2(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return np.einsum("ijk,ijk->ij", p, q).astype(np.float64)
+
     # Weights fixed at their sky-limited optimum (profile / sky variance) for every star:
     # the estimator is then the same linear functional of the pixels for faint and bright
     # stars, so seeing changes along the exposure scale all stars alike and the ensemble
@@ -577,8 +590,8 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     f = np.zeros(g.s.shape)
     for it in range(2):
         a = w * pv
-        den = sum2(a * prof)
-        f = np.where(den > 0, sum2(a * d) / np.where(den > 0, den, 1.0), 0.0)
+        den = dot2(a, prof)
+        f = np.where(den > 0, dot2(a, d) / np.where(den > 0, den, 1.0), 0.0)
         if it == 0:
             model = f.astype(f32)[:, :, None] * prof
             var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
@@ -595,26 +608,26 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
             flags |= np.where(_any_across(reject), FLAG_OUTLIER, 0).astype(np.uint16)
             w = np.where(reject, f32(0.0), w)
     a = w * pv
-    den = sum2(a * prof)
+    den = dot2(a, prof)
     safe = np.where(den > 0, den, 1.0)
     fit = f.astype(f32)[:, :, None] * prof
     var = var_sky + np.maximum(fit, f32(0.0)) * inv_gain
-    err = np.where(den > 0, np.sqrt(sum2(a * a * var)) / safe, np.inf)
+    err = np.where(den > 0, np.sqrt(dot2(a * a, var)) / safe, np.inf)
     resid = d - fit
     del fit
-    resid2 = sum2(w * resid ** 2 / var)
-    npix = sum2(w)
+    resid2 = dot2(w, resid ** 2 / var)
+    npix = np.einsum("ijk->ij", w).astype(np.float64)
     chi2 = resid2 / np.maximum(npix - 1.0, 1.0)
-    kept = den / np.maximum(sum2(prof * pv), 1e-300)
+    kept = den / np.maximum(dot2(prof, pv), 1e-300)
     # light displaced across the trail: least-squares coefficient of the profile's derivative
     # in the residual (odd, so nearly orthogonal to the profile); a neighbour's light moves it,
     # the star's own brightening does not
     dprof = np.broadcast_to(((profile.pixel(d_eval + 0.05) - profile.pixel(d_eval - 0.05))
                              / 0.1).astype(f32), g.d.shape)
     aw = w * dprof / var
-    dden = sum2(aw * dprof)
+    dden = dot2(aw, dprof)
     dsafe = np.where(dden > 0, dden, 1.0)
-    shift = np.where(dden > 0, sum2(aw * resid) / dsafe, 0.0)
+    shift = np.where(dden > 0, dot2(aw, resid) / dsafe, 0.0)
     shift_err = np.where(dden > 0, 1.0 / np.sqrt(dsafe), np.inf)
     del aw, resid, var, a
 
@@ -959,15 +972,19 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         gy = y0[rows] + uy * start
         sub = DriftGeometry(geom.dx_dt, geom.dy_dt, span / geom.speed_px_s)
         g = trail_grid(gx, gy, sub, h, image.shape)
+        # block reads of the rectangular windows (off-image pixels read the nearest edge
+        # pixel, as clipped indices do), several times faster than 2-D fancy indexing
+        read = grid_reader(g, image.shape)
         ok = g.inside.copy()
-        iyc = g.iy.clip(0, image.shape[0] - 1)
-        ixc = g.ix.clip(0, image.shape[1] - 1)
         if dq is not None:
-            ok &= dq[iyc, ixc] == 0
+            ok &= read(dq) == 0
         prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
         w = np.where(ok, prof / var[rows], 0.0)
-        den = (w * prof).sum(axis=2)
-        f = (w * (image[iyc, ixc] - sky_arr[rows])).sum(axis=2) / np.where(den > 0, den, 1.0)
+        # (product and sum over the short last axis fused: the same sums to float rounding)
+        den = np.einsum("ijk,ijk->ij", w, prof)
+        pix = read(image).astype(float, copy=False)
+        pix -= sky_arr[rows]
+        f = np.einsum("ijk,ijk->ij", w, pix) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)
         level = np.asarray(baseline, float)[rows]

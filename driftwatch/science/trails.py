@@ -237,9 +237,9 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
     -------
     ndarray, float32, shape (ny, nx // bin_x - lb + 1)
         The box sums (float32 running sums, as a whole-image ``cumsum`` gives them) filtered
-        across y with zero beyond the top and bottom rows; the same numbers as
-        ``ndi.correlate1d(box, taps, axis=0, mode="constant")``, which sums in float64 with
-        the symmetric taps paired in this order.
+        across y with zero beyond the top and bottom rows: the numbers of
+        ``ndi.correlate1d(box, taps, axis=0, mode="constant")`` to float32 rounding (the
+        taps are applied in float32, the symmetric taps paired).
 
     Notes
     -----
@@ -252,14 +252,15 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
     nb = nx // bin_x
     m = nb - lb + 1
     h = taps.size // 2
-    fw = taps.astype(np.float64)
+    fw = taps.astype(np.float32)
     out = np.empty((ny, m), dtype=np.float32)
     nrow = block + 2 * h
     binned = np.empty((nrow, nb), dtype=np.float32)
     csum = np.empty((nrow, nb), dtype=np.float32)
-    box = np.zeros((nrow, m), dtype=np.float64)
-    acc = np.empty((block, m), dtype=np.float64)
-    tmp = np.empty((block, m), dtype=np.float64)
+    # float32 throughout: the S/N map is float32 anyway and float64 passes cost twice the
+    # memory traffic (the response differs from a float64 sum in the last digit only)
+    box = np.zeros((nrow, m), dtype=np.float32)
+    tmp = np.empty((block, m), dtype=np.float32)
     for r0 in range(0, ny, block):
         r1 = min(ny, r0 + block)
         # box rows r0 - h .. r1 + h (those beyond the image stay zero: mode "constant")
@@ -274,19 +275,18 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
         cs = np.cumsum(bn, axis=1, dtype=np.float32, out=csum[:k])
         bx = box[off:off + k]
         bx[:, 0] = cs[:, lb - 1]
-        bx[:, 1:] = cs[:, lb:] - cs[:, :nb - lb]   # float32 difference, then widened
+        np.subtract(cs[:, lb:], cs[:, :nb - lb], out=bx[:, 1:])
         if off:
             box[:off] = 0.0
         if off + k < nrow:
             box[off + k:] = 0.0
         n = r1 - r0
-        a, t = acc[:n], tmp[:n]
+        a, t = out[r0:r1], tmp[:n]
         np.multiply(box[h:h + n], fw[h], out=a)
         for j in range(1, h + 1):
             np.add(box[h + j:h + j + n], box[h - j:h - j + n], out=t)
             t *= fw[h + j]
             a += t
-        out[r0:r1] = a
         if post is not None:
             post(out[r0:r1], r0)
     return out
@@ -1049,12 +1049,18 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         lap += w[:, 1:-1, 2:]
         lap *= np.float32(0.25)
         np.subtract(core, lap, out=lap)
-        hit = np.zeros(w.shape, dtype=bool)
-        hit[:, 1:-1, 1:-1] = (lap > 5.0 * rms[:, None, None]) & (lap > 0.4 * core)
+        # the 5-sigma test first: the second test (and the hit map) only on the windows
+        # that pass it somewhere (the same hits)
+        sharp = lap > 5.0 * rms[:, None, None]
+        cand = np.flatnonzero(sharp.any(axis=(1, 2)))
+        both = sharp[cand] & (lap[cand] > 0.4 * core[cand])
+        del sharp
         # only the windows with a hit (few) are tested further, each on its own
-        cr = np.flatnonzero(hit.any(axis=(1, 2)))
+        has = both.any(axis=(1, 2))
+        cr = cand[has]
         if cr.size:
-            hit = hit[cr]
+            hit = np.zeros((cr.size,) + w.shape[1:], dtype=bool)
+            hit[:, 1:-1, 1:-1] = both[has]
             grown = hit.copy()
             grown[:, 1:, :] |= hit[:, :-1, :]
             grown[:, :-1, :] |= hit[:, 1:, :]
