@@ -44,11 +44,7 @@ def test_injected_events_are_recovered_with_their_time_fluence_and_amplitude(inj
 def test_flashes_streaks_and_cosmic_rays_are_classified(injected):
     cls = acc._classes(injected)
     assert cls["flashes_snr_gt_10"] >= 20
-    assert cls["flash_found_as_flash"] >= 0.85   # (seed 122 has two flashes on a streak)
-    c = inj[0]["cands"]
-    fx, fy = 162.45, 237.27                      # seed 119's flash 2.2 FWHM beside a streak
-    assert ((np.hypot(np.asarray(c["x"]) - fx, np.asarray(c["y"]) - fy) <= 3.0) &
-            (np.asarray(c["kind"], dtype=object) == "flash")).any()
+    assert cls["flash_found_as_flash"] >= 0.95
     assert cls["streak_classified"] >= 0.95
     assert cls["candidates_on_streaks"] == 0
     assert cls["candidates_on_cosmic_rays"] == 0
