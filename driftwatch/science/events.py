@@ -394,6 +394,29 @@ def _median(v: np.ndarray) -> float:
     return float(p[h]) if n % 2 else float((p[:h].max() + p[h]) / 2)
 
 
+def _step_explains(r: np.ndarray, w: np.ndarray, ok: np.ndarray, s_event: np.ndarray,
+                   steps: np.ndarray, min_side: int = 2, penalty: float = 2.0) -> np.ndarray:
+    """Whether a step fits each light curve at least as well as its event template.
+
+    ``r``, ``w``, ``ok`` (h, m): residuals, weights and usable samples of the candidates;
+    ``s_event`` (h,): the event template's signal-to-noise (its chi-square reduction is
+    ``s_event**2``); ``steps`` (k, m): step templates. The baseline is fitted with the step,
+    as with the template; a step needs ``min_side`` usable samples on each side. The
+    template has one parameter more than the step (its duration, chosen from a grid): the
+    step fits "as well" if its chi-square is within ``penalty`` of the template's (Akaike).
+    """
+    sw = np.maximum(w.sum(axis=1), 1e-300)[:, None]
+    swt = w @ steps.T
+    num = (w * r) @ steps.T - (w * r).sum(axis=1)[:, None] * swt / sw
+    den = w @ (steps * steps).T - swt * swt / sw
+    n_before = np.cumsum(ok, axis=1)[:, :-1]              # usable samples before each step
+    sides = (n_before >= min_side) & (ok.sum(axis=1)[:, None] - n_before >= min_side)
+    valid = sides & (den > 0)
+    dchi = np.zeros(num.shape)
+    np.divide(num * num, den, out=dchi, where=valid)
+    return dchi.max(axis=1, initial=0.0) >= s_event * s_event - penalty
+
+
 def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.ndarray, *,
                   seconds_per_px: float, smear_sigma_s: float, durations: np.ndarray,
                   smear_kernel: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -402,7 +425,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
                   shift: np.ndarray | None = None, shift_err: np.ndarray | None = None,
                   max_offset_px: float = 0.5, flash_max_duration_s: float = 0.6,
                   flash_max_offset_px: float = 6.0, systematic_floor: float = 0.005,
-                  min_calibration_points: int = 500) -> EventCandidates:
+                  min_calibration_points: int = 500,
+                  step_test: bool = True) -> EventCandidates:
     """Find the most significant event (brightening or dip) of each light curve.
 
     At most one candidate per star: its best template and centre, if above ``threshold``.
@@ -437,6 +461,11 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     systematic_floor : float
         Relative error added in quadrature to every sample (scintillation, flat field): the
         photon noise of a very bright star is not its whole noise.
+    step_test : bool
+        Reject a candidate that a step in the light curve (smeared by the PSF, at any
+        boundary between samples, with the baseline fitted) fits at least as well as the
+        event template: a neighbour whose trail starts or ends inside the star's adds such a
+        step, and the flux on its far side then reads as a dip or a brightening.
     shift, shift_err : ndarray, shape (n, m), optional
         Across-trail displacement coefficient of each sample and its error, as a fraction of
         the baseline x pixels (``LightCurves.shift / baseline``). When given, a candidate whose
@@ -468,7 +497,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             min_cover=min_cover, shift=sub(shift), shift_err=sub(shift_err),
             max_offset_px=max_offset_px, flash_max_duration_s=flash_max_duration_s,
             flash_max_offset_px=flash_max_offset_px, systematic_floor=systematic_floor,
-            min_calibration_points=min_calibration_points)
+            min_calibration_points=min_calibration_points, step_test=step_test)
         return replace(ev, star=rows[ev.star])
     n, m = flux.shape
     durations = np.asarray(durations, float)
@@ -534,9 +563,14 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     n_trials = max(1.0, 2.0 * n_search * float(np.sum(m / width)) / len(SHAPE_AMPLITUDES))
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap", "offset")}
+        "star", "kind", "sample", "t", "dur", "amp", "samp", "flu", "sig", "fap", "offset",
+        "stepped")}
+    step_dip_z = np.zeros(n)
     flat = Z.reshape(n, -1)
     t_end = m * spp
+    # smeared steps between consecutive samples, for the step test
+    step_h = ndtr((np.arange(m)[None, :] - np.arange(1, m)[:, None] + 0.5)
+                  / max(smear_sigma_s / spp, 1e-3))
     flat_s = S.reshape(n, -1)
     fine_cache: dict[tuple[float, float], np.ndarray] = {}
     integral_cache: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
@@ -564,6 +598,18 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         s_loo = sign * np.where(den_loo > 0, num_loo / np.sqrt(np.maximum(den_loo, 1e-300)), 0.0)
         z_loo = s_loo / calib[jd]
         keep = (z_loo >= 0.5 * zbest[hit]) & (z_loo >= 3.0)
+        stepped = np.zeros(hit.size, bool)
+        if step_test:
+            # a dip that a step fits as well is a neighbour's edge; a brightening is only
+            # when a step fits it better and the same curve's dip is such an edge (a
+            # brightening cut by a trail's end is fitted by a step about as well, and the
+            # point-lens events searched for are brightenings): judged after both signs
+            stepped = _step_explains(r[hit], w[hit], ok[hit], S[hit, jd, jc], step_h,
+                                     penalty=2.0 if sign < 0 else 0.0)
+            if sign < 0:
+                edge = hit[stepped & keep]
+                step_dip_z[edge] = zbest[edge]
+                keep &= ~stepped
         if shift is not None and shift_err is not None:
             se = shift_err[hit]
             okh = ok[hit] & np.isfinite(se) & (se > 0)
@@ -615,6 +661,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
             signed_off = np.zeros(hit.size)
         hit, jd, jc = hit[keep], jd[keep], jc[keep]
         is_flash, signed_off = is_flash[keep], signed_off[keep]
+        stepped = stepped[keep] & (sign > 0) & ~is_flash
         if hit.size == 0:
             continue
         zc = Z[hit, jd, jc]
@@ -642,6 +689,7 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         out["flu"].append(fluence)
         out["sig"].append(sig)
         out["fap"].append(fap)
+        out["stepped"].append(stepped)
 
     def cat(key: str, dtype: type) -> np.ndarray:
         return np.concatenate(out[key]).astype(dtype) if out[key] else np.zeros(0, dtype)
@@ -649,7 +697,12 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     # one candidate per star, the most significant: with the baseline fitted, a strong event
     # makes the rest of its curve look like a weaker event of the opposite sign
     sig_all = cat("sig", float)
+    # a brightening weaker than its curve's dip that a step explained, that the step fits
+    # better too: the curve's main feature is the step
+    drop = cat("stepped", bool) & (step_dip_z[cat("star", np.int64)] > sig_all)
+    sig_all = np.where(drop, -np.inf, sig_all)
     order = np.argsort(-sig_all, kind="stable")
+    order = order[~drop[order]]
     _, first = np.unique(cat("star", np.int64)[order], return_index=True)
     order = order[np.sort(first)]
     return EventCandidates(

@@ -88,3 +88,19 @@ def test_unseen_ccds_streaks_flashes_and_no_false_flash(unseen):
             (np.asarray(c["kind"], dtype=object) == "flash")).any()
     for run in null:
         assert "flash" not in set(run["cands"]["kind"])
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory):
+    # quiet CCDs where a faint neighbour's trail starts or ends inside a star's, on its line
+    # (too faint for the collinear test): seed 219 beside a star 47x brighter, seed 220
+    tmp = tmp_path_factory.mktemp("sci2-edges")
+    return [acc._reduce_sim(tmp / f"null{s}", s, shape=FULL_SHAPE, n_stars=2300,
+                            n_brightenings=0, n_flashes=0, n_streaks=1, expnum=3000000 + s)
+            for s in (219, 220)]
+
+
+@pytest.mark.slow
+def test_a_neighbours_edge_on_the_trail_is_no_candidate(edges):
+    for run in edges:
+        assert len(run["cands"]["kind"]) == 0

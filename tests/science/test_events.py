@@ -173,3 +173,26 @@ def test_stars_with_nothing_to_search_do_not_change_the_others_results():
     np.testing.assert_allclose(full.t_peak_s, part.t_peak_s)
     np.testing.assert_allclose(full.significance, part.significance)
     np.testing.assert_allclose(full.calibration, part.calibration)
+
+
+def test_a_neighbours_step_is_not_a_dip_but_a_dip_mid_trail_is():
+    """A neighbour's trail ending inside the star's adds a step: the flux beyond reads as a dip
+    (or, against the other side, a brightening) that a step fits as well; a real dip does not."""
+    from scipy.special import ndtr
+
+    flux, err, good, t = _noise(7)
+    k = np.arange(flux.shape[1])
+    step = 0.06 * ndtr((k - 30.5) / (SMEAR / SPP))    # neighbour's light on the first 31
+    edge_rows = [3, 4, 5]
+    for i in edge_rows:
+        flux[i] += 0.06 - step                            # light drops 6% at sample 31
+    bump, _ = _inject(t[9], 10.0, 2.0, 0.08)
+    flux[9] -= bump                                       # a real dip, mid-trail
+    kw = dict(seconds_per_px=SPP, smear_sigma_s=SMEAR, durations=duration_grid(0.3, 5.0),
+              threshold=6.0)
+    old = search_events(flux, err, good, t, step_test=False, **kw)
+    assert set(edge_rows) <= set(old.star.tolist())     # the edges read as events without it
+    ev = search_events(flux, err, good, t, **kw)
+    assert not set(edge_rows) & set(ev.star.tolist())
+    assert 9 in ev.star.tolist()
+    assert ev.kind[ev.star.tolist().index(9)] == "dip"
