@@ -318,11 +318,15 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
         if np.may_share_memory(sub, image):   # step 1 on a float32 image: the caller's pixels
             sub = sub.copy()
         sub[bad] = np.float32(0)
-    good = ~bad
-    hi = float(np.max(sub, where=good, initial=-np.inf))
-    lo = float(np.min(sub, where=good, initial=np.inf))
-    if hi == lo:
-        raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
+    # a constant image has no sky noise: two different good values in a coarse sample
+    # (any real CCD) prove it is not, without the two whole-map masked reductions (~2 ms)
+    coarse = sub[::31, ::29][~bad[::31, ::29]]
+    if not (coarse.size and coarse.min() != coarse.max()):
+        good = ~bad
+        hi = float(np.max(sub, where=good, initial=-np.inf))
+        lo = float(np.min(sub, where=good, initial=np.inf))
+        if hi == lo:
+            raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
     cell = max(4, int(round(box / step)))
     try:
         bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)

@@ -92,3 +92,16 @@ def test_subtract_divide_rows_matches_the_full_maps(ny):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-4)
     # and within a block the maps change by a small part of their variation
     assert np.max(np.abs(back - back[first])) < 0.3 * np.ptp(back) + 1e-6
+
+
+def test_constant_image_is_refused() -> None:
+    """Constant good pixels (masked and NaN ones different) have no sky noise; one good
+    pixel off the coarse sample that differs is enough noise to go on."""
+    img = np.full((256, 256), 700.0, np.float32)
+    mask = np.zeros(img.shape, bool)
+    img[10, 10], mask[10, 10] = 5000.0, True
+    img[20, 20] = np.nan
+    with pytest.raises(ScienceError, match="constant"):
+        measure_background(img, mask)
+    img[102, 104] = 701.0  # sampled (step 2), off the coarse sample
+    measure_background(img, mask)
