@@ -237,7 +237,8 @@ def dq_in(dq: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
 
 
 def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | None,
-                 codes: tuple[int, ...] = MASK_CODES) -> np.ndarray:
+                 codes: tuple[int, ...] = MASK_CODES, *,
+                 saturated: np.ndarray | None = None) -> np.ndarray:
     """Return the boolean mask of pixels unusable for detection.
 
     Parameters
@@ -250,6 +251,10 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
         Saturation level in ADU; pixels at or above it are masked.
     codes : tuple of int
         The DQ codes that mask a pixel.
+    saturated : ndarray of bool, shape (ny, nx), optional
+        Filled with ``image >= saturate`` (all False when ``saturate`` is None): taken from
+        the saturation comparison made for the mask when the image has no NaN, instead of a
+        second whole-image comparison.
 
     Returns
     -------
@@ -267,11 +272,22 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
         # one comparison masks NaN, +inf and the saturated pixels alike (NaN < s is False);
         # only -inf escapes it, and a min() (no temporary) tells whether any is there
         below = np.less(img, saturate)
-        mask |= np.logical_not(below, out=below)
         lo = img.min() if img.size else 0.0
+        if saturated is not None:
+            # without NaN (a NaN minimum says whether there is one), not below is at or above
+            if np.isnan(lo):
+                np.greater_equal(img, saturate, out=saturated)
+            else:
+                np.logical_not(below, out=saturated)
+        mask |= np.logical_not(below, out=below)
         if np.isnan(lo) or np.isneginf(lo):
             mask |= ~np.isfinite(img)
     else:
+        if saturated is not None:
+            if saturate is None:
+                saturated[...] = False
+            else:
+                np.greater_equal(img, saturate, out=saturated)
         mask |= ~np.isfinite(img)
     return mask
 

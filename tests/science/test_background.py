@@ -105,3 +105,19 @@ def test_constant_image_is_refused() -> None:
         measure_background(img, mask)
     img[102, 104] = 701.0  # sampled (step 2), off the coarse sample
     measure_background(img, mask)
+
+
+@pytest.mark.parametrize("sat", [4e4, np.inf, np.nan, None])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_mask_from_dq_saturated_is_the_comparison(sat, with_nan) -> None:
+    """The ``saturated`` output is ``image >= saturate`` with or without NaN pixels."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(3e4, 1e4, (60, 50)).astype(np.float32)
+    img[3, 4], img[5, 6] = np.inf, -np.inf
+    if with_nan:
+        img[7, 8] = np.nan
+    out = np.empty(img.shape, bool)
+    m = mask_from_dq(None, img, sat, saturated=out)
+    want = np.zeros(img.shape, bool) if sat is None else img >= sat
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(m, mask_from_dq(None, img, sat))
