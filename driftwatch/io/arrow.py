@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["as_strings", "column_to_arrow", "strings_to_arrow"]
+__all__ = ["as_strings", "column_to_arrow", "object_to_arrow", "strings_to_arrow"]
 
 
 def as_strings(col: np.ndarray) -> list[str]:
@@ -42,6 +42,47 @@ def strings_to_arrow(values: list[str]) -> tuple[pa.Array, int]:
                                                         pa.py_buffer(data)]), width
 
 
+def object_to_arrow(col: np.ndarray) -> tuple[pa.Array, int]:
+    """Return a string column (``dtype`` object or ``U``) as an Arrow string array and its width.
+
+    The same array as ``strings_to_arrow(as_strings(col))``, but each run of equal values is
+    converted once: per-sample columns (a light curve's ``trail_id`` repeated per sample) are
+    runs, and converting each of their ~50,000 values in Python took 3/4 of their write.
+
+    Parameters
+    ----------
+    col : ndarray, shape (n,)
+        Strings or ``None`` (written as ``""``).
+
+    Returns
+    -------
+    pyarrow.Array
+        String array of length n.
+    int
+        The longest value's length in characters.
+    """
+    n = len(col)
+    if n < 2:
+        return strings_to_arrow(as_strings(col))
+    # element-wise != of object arrays compares in C; None != "" so runs keep None apart
+    starts = np.flatnonzero(np.concatenate([[True], col[1:] != col[:-1]]))
+    if 2 * len(starts) > n:
+        return strings_to_arrow(as_strings(col))
+    lengths = np.diff(np.append(starts, n))
+    values = as_strings(col[starts])
+    encoded = [v.encode("utf-8") for v in values]
+    run_bytes = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    data = b"".join([e * int(k) for e, k in zip(encoded, lengths)])
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.repeat(run_bytes, lengths), out=offsets[1:])
+    width = max(map(len, values))
+    if offsets[-1] < 2**31:
+        return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(
+            offsets.astype(np.int32)), pa.py_buffer(data)]), width
+    return pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets),
+                                                        pa.py_buffer(data)]), width
+
+
 def column_to_arrow(col: np.ndarray) -> pa.Array:
     """Return a 1-d numpy column as an Arrow array (strings for object or unicode columns).
 
@@ -61,7 +102,7 @@ def column_to_arrow(col: np.ndarray) -> pa.Array:
         raise ValueError(f"a table column must be 1-d, not of shape {col.shape}")
     n = len(col)
     if col.dtype == object or col.dtype.kind == "U":
-        return strings_to_arrow(as_strings(col))[0]
+        return object_to_arrow(col)[0]
     if col.dtype == bool:
         return pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(
             np.packbits(col, bitorder="little"))])

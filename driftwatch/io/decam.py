@@ -348,12 +348,51 @@ def _read_hdu(path: Path, ccd: str) -> tuple[np.ndarray, fitsio.FITSHDR, fitsio.
         try:
             hdu = f[ccd]
             header = hdu.read_header()
-            data = hdu.read()
+            data = _read_float32(path, hdu, header)
+            if data is None:
+                data = hdu.read()
         except (OSError, ValueError, RuntimeError) as exc:
             raise InputError(f"{path}[{ccd}]: cannot read the pixels (truncated?): {exc}") from None
     if data is None or data.ndim != 2:
         raise InputError(f"{path}[{ccd}]: the extension holds no 2-d image")
     return data, header, primary
+
+
+# rows per read of _read_float32: 1 MB blocks, so each is byte-swapped while still in cache
+_BLOCK_BYTES = 1 << 20
+
+
+def _read_float32(path: Path, hdu: Any, header: fitsio.FITSHDR) -> np.ndarray | None:
+    """Return an uncompressed, unscaled 2-d float32 image read directly, else ``None``.
+
+    fitsio reads such an image in ~22 ms for a DECam CCD (zeroed output, then cfitsio's
+    conversion); reading the big-endian bytes in 1 MB blocks into a native float32 array
+    gives the same values in ~9 ms. Compressed or scaled images (and any other type) return
+    ``None`` and are left to fitsio.
+
+    Raises
+    ------
+    OSError
+        The file ends before the image does (truncated).
+    """
+    if hdu.is_compressed() or header.get("BITPIX") != -32 or header.get("NAXIS") != 2:
+        return None
+    if header.get("BZERO", 0) not in (0, 0.0) or header.get("BSCALE", 1) not in (1, 1.0):
+        return None
+    nx, ny = int(header["NAXIS1"]), int(header["NAXIS2"])
+    out = np.empty((ny, nx), np.float32)
+    if out.size == 0:
+        return out
+    rows = max(1, _BLOCK_BYTES // (4 * nx))
+    buf = np.empty((rows, nx), ">f4")
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(int(hdu.get_offsets()["data_start"]))
+        for r0 in range(0, ny, rows):
+            block = buf[: min(rows, ny - r0)]
+            if fh.readinto(block) != block.nbytes:
+                raise OSError("the file ends inside the image")
+            out[r0:r0 + len(block)] = block
+    return out
 
 
 def read_ccd(path: str | Path, ccd: str) -> CcdData:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from astropy.io import fits
 
-from driftwatch.io.arrow import as_strings, column_to_arrow, strings_to_arrow
+from driftwatch.io.arrow import column_to_arrow, object_to_arrow
 
 __all__ = ["ProductWriter", "product_writer", "write_table", "read_provenance"]
 
@@ -41,7 +41,7 @@ def write_table(path: Path, columns: Mapping[str, np.ndarray], provenance: Mappi
         col = np.asarray(col)
         if col.dtype == object or col.dtype.kind == "U":
             # astropy's reader needs non-null strings and their width: "" stands for none
-            arrays[name], width = strings_to_arrow(as_strings(col))
+            arrays[name], width = object_to_arrow(col)
             meta[f"table::len::{name}".encode()] = str(max(width, 1)).encode()
             strings.append(name)
         else:

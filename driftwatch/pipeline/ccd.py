@@ -229,8 +229,8 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
             raise InputError(f"{task.image_path} [{task.ccd}]: no finite pixel")
     with timer.stage("background"):
         geom = drift_geometry(ccd.wcs, p.drift_rate_arcsec_s, ccd.exptime)
-        mask = mask_from_dq(dq, image, ccd.saturate)
-        sat_mask = image >= ccd.saturate
+        sat_mask = np.empty(image.shape, dtype=bool)      # image >= saturate
+        mask = mask_from_dq(dq, image, ccd.saturate, saturated=sat_mask)
         if dq is not None:
             sat_mask |= dq_in(dq, (3, 4))  # saturated, bleed trail
         bg = measure_background(image, mask)

@@ -237,7 +237,8 @@ def dq_in(dq: np.ndarray, codes: tuple[int, ...]) -> np.ndarray:
 
 
 def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | None,
-                 codes: tuple[int, ...] = MASK_CODES) -> np.ndarray:
+                 codes: tuple[int, ...] = MASK_CODES, *,
+                 saturated: np.ndarray | None = None) -> np.ndarray:
     """Return the boolean mask of pixels unusable for detection.
 
     Parameters
@@ -250,6 +251,10 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
         Saturation level in ADU; pixels at or above it are masked.
     codes : tuple of int
         The DQ codes that mask a pixel.
+    saturated : ndarray of bool, shape (ny, nx), optional
+        Filled with ``image >= saturate`` (all False when ``saturate`` is None): taken from
+        the saturation comparison made for the mask when the image has no NaN, instead of a
+        second whole-image comparison.
 
     Returns
     -------
@@ -267,11 +272,22 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
         # one comparison masks NaN, +inf and the saturated pixels alike (NaN < s is False);
         # only -inf escapes it, and a min() (no temporary) tells whether any is there
         below = np.less(img, saturate)
-        mask |= np.logical_not(below, out=below)
         lo = img.min() if img.size else 0.0
+        if saturated is not None:
+            # without NaN (a NaN minimum says whether there is one), not below is at or above
+            if np.isnan(lo):
+                np.greater_equal(img, saturate, out=saturated)
+            else:
+                np.logical_not(below, out=saturated)
+        mask |= np.logical_not(below, out=below)
         if np.isnan(lo) or np.isneginf(lo):
             mask |= ~np.isfinite(img)
     else:
+        if saturated is not None:
+            if saturate is None:
+                saturated[...] = False
+            else:
+                np.greater_equal(img, saturate, out=saturated)
         mask |= ~np.isfinite(img)
     return mask
 
@@ -318,11 +334,15 @@ def measure_background(image: np.ndarray, mask: np.ndarray | None = None, *, box
         if np.may_share_memory(sub, image):   # step 1 on a float32 image: the caller's pixels
             sub = sub.copy()
         sub[bad] = np.float32(0)
-    good = ~bad
-    hi = float(np.max(sub, where=good, initial=-np.inf))
-    lo = float(np.min(sub, where=good, initial=np.inf))
-    if hi == lo:
-        raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
+    # a constant image has no sky noise: two different good values in a coarse sample
+    # (any real CCD) prove it is not, without the two whole-map masked reductions (~2 ms)
+    coarse = sub[::31, ::29][~bad[::31, ::29]]
+    if not (coarse.size and coarse.min() != coarse.max()):
+        good = ~bad
+        hi = float(np.max(sub, where=good, initial=-np.inf))
+        lo = float(np.min(sub, where=good, initial=np.inf))
+        if hi == lo:
+            raise ScienceError(f"the image is constant ({lo} ADU): no sky noise")
     cell = max(4, int(round(box / step)))
     try:
         bkg = sep.Background(sub, mask=bad, bw=cell, bh=cell, fw=filter_size, fh=filter_size)

@@ -444,10 +444,20 @@ def _noise_scale(snr: np.ndarray) -> float:
 def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
     """Return flat indices of pixels above ``threshold`` not exceeded by any 8-neighbour."""
     ny, nx = snr.shape
-    flat = snr.ravel()
-    idx = np.flatnonzero(flat > threshold)
+    s = np.ascontiguousarray(snr)
+    flat = s.ravel()
     # Along-trail neighbours first: they remove most candidates of a ridge, so the later
-    # comparisons run on few pixels. Ties go to the lower index (one maximum per flat top).
+    # comparisons run on few pixels. Ties go to the lower index (one maximum per flat top):
+    # strictly above the left neighbour, at least the right one. These two are whole-map
+    # comparisons of adjacent columns (contiguous), ~4x cheaper than gathering the
+    # neighbours of the ~400,000 pixels above the threshold; a neighbour beyond the edge is
+    # the pixel itself, which keeps it.
+    cand = s > threshold
+    if nx > 1:
+        cand[:, 1:] &= s[:, 1:] > s[:, :-1]
+        cand[:, :-1] &= s[:, :-1] >= s[:, 1:]
+    idx = np.flatnonzero(cand)
+    del cand
     r, c = np.divmod(idx, nx)
     v = flat[idx]
 
@@ -455,7 +465,7 @@ def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
         # x + d clipped to [0, hi] (a neighbour beyond the edge is taken at the edge)
         return x if d == 0 else (np.maximum(x - 1, 0) if d < 0 else np.minimum(x + 1, hi))
 
-    for dr, dc in ((0, -1), (0, 1), (-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)):
+    for dr, dc in ((-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)):
         if idx.size == 0:
             break
         nbi = step(r, dr, ny - 1) * nx + step(c, dc, nx - 1)

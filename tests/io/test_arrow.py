@@ -59,3 +59,17 @@ def test_writing_a_product_table_does_not_import_pandas(tmp_path):
 
     df = pd.read_parquet(tmp_path / "t.parquet")
     assert df["id"].tolist() == ["a", ""] and df["ok"].tolist() == [True, True]
+
+
+@pytest.mark.parametrize("values", [
+    [None, "a", "a", "é", "é", "é", None, None, ""], ["x", "y"], [], ["solo"],
+    ["G1"] * 40 + [None] * 40 + ["ÿü"] * 40,
+])
+def test_object_to_arrow_is_strings_to_arrow(values) -> None:
+    """Runs converted once give the array and width of converting every value."""
+    from driftwatch.io.arrow import as_strings, object_to_arrow, strings_to_arrow
+
+    for col in (np.array(values, dtype=object), np.array([v or "" for v in values], dtype=str)):
+        got, width = object_to_arrow(col)
+        want, want_width = strings_to_arrow(as_strings(col))
+        assert got.type == want.type and got.equals(want) and width == want_width

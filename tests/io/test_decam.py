@@ -186,3 +186,20 @@ def test_truncated_file(tmp_path: Path, image: np.ndarray) -> None:
     path.write_bytes(b"SIMPLE  =                    T" + b" " * 20)
     with pytest.raises(InputError, match=str(path.name)):
         read_exposure_info(path)
+
+
+def test_direct_float32_read_is_fitsios(tmp_path: Path, image: np.ndarray, monkeypatch) -> None:
+    """The direct read of an uncompressed float32 CCD gives fitsio's array, in blocks too."""
+    import fitsio
+
+    from driftwatch.io import decam
+
+    img = image.copy()
+    img[3, 5], img[7, 1] = np.nan, np.inf
+    path = write_real_header_file(REAL, tmp_path / "d.fits", img, compress=False)
+    expected = fitsio.read(str(path), ext="S29")
+    monkeypatch.setattr(decam, "_BLOCK_BYTES", 4 * 64 * 5)  # 5 rows a block, last one short
+    got = read_ccd(path, "S29").image
+    assert got.dtype == np.float32 and got.dtype.isnative
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, img)

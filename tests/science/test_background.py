@@ -92,3 +92,32 @@ def test_subtract_divide_rows_matches_the_full_maps(ny):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-4)
     # and within a block the maps change by a small part of their variation
     assert np.max(np.abs(back - back[first])) < 0.3 * np.ptp(back) + 1e-6
+
+
+def test_constant_image_is_refused() -> None:
+    """Constant good pixels (masked and NaN ones different) have no sky noise; one good
+    pixel off the coarse sample that differs is enough noise to go on."""
+    img = np.full((256, 256), 700.0, np.float32)
+    mask = np.zeros(img.shape, bool)
+    img[10, 10], mask[10, 10] = 5000.0, True
+    img[20, 20] = np.nan
+    with pytest.raises(ScienceError, match="constant"):
+        measure_background(img, mask)
+    img[102, 104] = 701.0  # sampled (step 2), off the coarse sample
+    measure_background(img, mask)
+
+
+@pytest.mark.parametrize("sat", [4e4, np.inf, np.nan, None])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_mask_from_dq_saturated_is_the_comparison(sat, with_nan) -> None:
+    """The ``saturated`` output is ``image >= saturate`` with or without NaN pixels."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(3e4, 1e4, (60, 50)).astype(np.float32)
+    img[3, 4], img[5, 6] = np.inf, -np.inf
+    if with_nan:
+        img[7, 8] = np.nan
+    out = np.empty(img.shape, bool)
+    m = mask_from_dq(None, img, sat, saturated=out)
+    want = np.zeros(img.shape, bool) if sat is None else img >= sat
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(m, mask_from_dq(None, img, sat))

@@ -212,3 +212,31 @@ def test_a_masked_column_does_not_hide_a_collinear_neighbour():
     assert det.n == len(trails)
     on_row = np.sort(det.x0[(np.abs(det.y0 - 430.4) < 1.0) & (det.x0 < 300)])
     assert on_row.size == 2 and np.allclose(on_row, [240.3, 256.0], atol=0.5)
+
+
+@pytest.mark.parametrize("shape", [(40, 33), (1, 7), (6, 1)])
+def test_local_maxima_is_the_brute_force_one(shape) -> None:
+    """Above the threshold, above the earlier 8-neighbours and at least the later ones
+    (ties go to the lower flat index; a neighbour beyond the edge is the pixel itself)."""
+    from driftwatch.science.trails import _local_maxima
+
+    rng = np.random.default_rng(3)
+    snr = rng.integers(0, 4, shape).astype(np.float32)   # many ties, flat tops
+    snr[rng.random(shape) < 0.05] = np.nan
+    ny, nx = shape
+    want = []
+    for i in range(ny * nx):
+        r, c = divmod(i, nx)
+        v = snr[r, c]
+        if not v > 1.0:
+            continue
+        ok = True
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = min(max(r + dr, 0), ny - 1), min(max(c + dc, 0), nx - 1)
+                j = rr * nx + cc
+                nb = snr[rr, cc]
+                ok &= bool(v > nb or (v == nb and j >= i))
+        if ok:
+            want.append(i)
+    np.testing.assert_array_equal(_local_maxima(snr, 1.0), np.array(want, dtype=np.intp))
