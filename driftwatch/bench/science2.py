@@ -7,7 +7,10 @@
   modules imported and one CCD reduced before the clock starts, as in a long-lived worker
   whose caches are warm): wall time median/min/max over runs, per-stage medians, and the
   peak resident memory of the child (``VmHWM``: ``ru_maxrss`` would include the parent's
-  size from before exec) with the resident size after the imports alone.
+  size from before exec) with the resident size after the imports alone; all of that for
+  the second CCD of each process, and again (``steady_*``) for its next ``steady`` CCDs,
+  the steady state of a worker that reduces CCD after CCD (its heap grown to what a CCD
+  needs, so no fresh pages to fault in).
 - ``photometry``: for isolated, unsaturated, detected stars of simulated CCDs: the ratio of the
   normalised light-curve scatter to the noise expected from the simulator's noise model
   (photon + sky + read noise of the true flux through the same optimal weights, plus the
@@ -145,11 +148,21 @@ task = _task(Path(a["img"]), Path(a["dq"]), Path(a["out"]), a["ccd"], a["expnum"
 t0 = time.perf_counter()
 s = reduce_ccd(task)
 wall = time.perf_counter() - t0
+hwm2 = hwm_mb()
+# then the steady state of a long-lived worker (it reduces up to workers.max_tasks_per_worker
+# CCDs): its third and later CCDs, once its heap has grown to what a CCD needs
+steady = []
+for k in range(a["steady"]):
+    t1 = time.perf_counter()
+    sk = reduce_ccd(_task(Path(a["img"]), Path(a["dq"]), Path(a["out"] + f"-s{k}"), a["ccd"],
+                          a["expnum"]))
+    steady.append({"wall": time.perf_counter() - t1, "timings": sk.timings, "ok": sk.ok})
 print(json.dumps({"ok": s.ok, "error": s.error, "wall": wall, "timings": s.timings,
-                  "n_trails": s.n_trails, "import_rss_mb": rss0, "maxrss_mb": hwm_mb()}))
+                  "n_trails": s.n_trails, "import_rss_mb": rss0, "maxrss_mb": hwm2,
+                  "steady": steady, "steady_maxrss_mb": hwm_mb()}))
 """
 
-def _speed(tmp: Path, runs: int) -> dict[str, Any]:
+def _speed(tmp: Path, runs: int, steady: int = 3) -> dict[str, Any]:
     from driftwatch.simulate.focalplane import FULL_SHAPE
 
     scene, render, img, dq = simulated_ccd(tmp / "speed", seed=11, shape=FULL_SHAPE,
@@ -159,7 +172,7 @@ def _speed(tmp: Path, runs: int) -> dict[str, Any]:
     res = []
     for i in range(runs):
         arg = json.dumps({"img": str(img), "dq": str(dq), "out": str(tmp / f"out{i}"),
-                          "ccd": scene.ccd, "expnum": 1000001})
+                          "ccd": scene.ccd, "expnum": 1000001, "steady": steady})
         p = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True,
                            env=env, check=True)
         res.append(json.loads(p.stdout.strip().splitlines()[-1]))
@@ -172,9 +185,21 @@ def _speed(tmp: Path, runs: int) -> dict[str, Any]:
                    "max": float(walls.max()), "runs": runs},
         "stages_s": {k: float(np.median([r["timings"].get(k, 0.0) for r in res]))
                      for k in stages},
+        "steady_wall_s": _spread_of([x["wall"] for r in res for x in r["steady"]]),
+        "steady_stages_s": {k: float(np.median([x["timings"].get(k, 0.0) for r in res
+                                                for x in r["steady"]])) for k in stages},
         "peak_rss_mb": float(max(r["maxrss_mb"] for r in res)),
+        "steady_peak_rss_mb": float(max(r["steady_maxrss_mb"] for r in res)),
         "import_rss_mb": float(max(r["import_rss_mb"] for r in res)),
     }
+
+
+def _spread_of(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, float)
+    if v.size == 0:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "runs": 0}
+    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+            "runs": int(v.size)}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -185,7 +210,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dw-bench-sci2-") as d:
         tmp = Path(d)
         t0 = time.perf_counter()
-        out["speed"] = _speed(tmp, runs=3 if quick else 7)
+        out["speed"] = _speed(tmp, runs=3 if quick else 7, steady=1 if quick else 3)
         out.update(acc.accuracy(tmp, quick=quick))
         out["bench_seconds"] = time.perf_counter() - t0
     return out
@@ -199,6 +224,12 @@ def _print(res: dict[str, Any]) -> None:
           f"max {sp['wall_s']['max']:.3f}); peak RSS {sp['peak_rss_mb']:.0f} MB "
           f"(imports alone {sp['import_rss_mb']:.0f} MB)")
     for k, v in sp["stages_s"].items():
+        print(f"    {k:<11s} {v:.3f} s")
+    st = sp["steady_wall_s"]
+    print(f"  steady state (CCDs 3 onwards of each process, {st['runs']} CCDs): median "
+          f"{st['median']:.3f} s (min {st['min']:.3f}, max {st['max']:.3f}); peak RSS "
+          f"{sp['steady_peak_rss_mb']:.0f} MB")
+    for k, v in sp["steady_stages_s"].items():
         print(f"    {k:<11s} {v:.3f} s")
     for key in ("photometry", "false", "classes"):
         if key in res:
