@@ -705,6 +705,24 @@ def _psf_peak(vals: np.ndarray, x0: np.ndarray, y0: np.ndarray, sig: float,
     return x0 + bxc - 2 + dx, y0 + byc - 2 + dy
 
 
+def _pairs_within_x(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarray,
+                    reach: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (peak, trail) pair whose trail centre is within ``reach`` px of the peak in x.
+
+    Trails sorted by x, a window of them per peak (no peaks x trails matrix). Returns the
+    peak index, the trail index (into ``tx``), and the trail centre's offset from the peak
+    (dx, dy, px), each of shape (pairs,).
+    """
+    order = np.argsort(tx)
+    txs, tys = tx[order], ty[order]
+    lo = np.searchsorted(txs, px - reach)
+    hi = np.searchsorted(txs, px + reach)
+    cnt = hi - lo
+    pid = np.repeat(np.arange(px.size), cnt)
+    tid = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
+    return pid, order[tid], txs[tid] - px[pid], tys[tid] - py[pid]
+
+
 def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarray,
                     geom: DriftGeometry, sig: float, on_px: float,
                     steady: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -719,17 +737,8 @@ def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarr
         return on_trail, self_trail
     ux, uy = geom.unit
     half = 0.5 * geom.length_px + 2 * sig
-    order = np.argsort(tx)
-    txs, tys = tx[order], ty[order]
-    # trails whose centre is within half a trail (plus PSF) in x: a sorted window per point
-    reach = half * abs(ux) + on_px + 1.0
-    lo = np.searchsorted(txs, px - reach)
-    hi = np.searchsorted(txs, px + reach)
-    cnt = hi - lo
-    pid = np.repeat(np.arange(px.size), cnt)
-    tid = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-    dxs = txs[tid] - px[pid]
-    dys = tys[tid] - py[pid]
+    # trails whose centre is within half a trail (plus PSF) in x
+    pid, tid, dxs, dys = _pairs_within_x(px, py, tx, ty, half * abs(ux) + on_px + 1.0)
     along = np.abs(dxs * ux + dys * uy)
     across = np.abs(-dxs * uy + dys * ux)
     ok = (along <= half) & (across <= on_px)
@@ -739,7 +748,7 @@ def _trail_relation(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndarr
     # the nearest line first: assign in order of decreasing distance so the nearest wins
     o = np.argsort(-across)
     best = np.full(px.size, -1, np.int64)
-    best[pid[o]] = order[tid[o]]
+    best[pid[o]] = tid[o]
     hit = best >= 0
     on_trail[hit & steady] = best[hit & steady]
     self_trail[hit & ~steady] = best[hit & ~steady]
@@ -751,23 +760,15 @@ def _covering_trails(px: np.ndarray, py: np.ndarray, tx: np.ndarray, ty: np.ndar
     """Number of detected trails whose extent along the drift covers each peak.
 
     Only trails within ``across_px`` of the peak across the drift count: their light is
-    under the peak. Trails are windowed by x (sorted), as in :func:`_trail_relation`.
+    under the peak. Trails are windowed by x (:func:`_pairs_within_x`).
     """
     n = np.zeros(px.size, np.int64)
     if px.size == 0 or tx.size == 0:
         return n
     ux, uy = geom.unit
     half = 0.5 * geom.length_px
-    txs = np.sort(tx)
-    tys = ty[np.argsort(tx)]
-    reach = half * abs(ux) + across_px * abs(uy) + 1.0
-    lo = np.searchsorted(txs, px - reach)
-    hi = np.searchsorted(txs, px + reach)
-    cnt = hi - lo
-    pid = np.repeat(np.arange(px.size), cnt)
-    tid = np.arange(cnt.sum()) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-    dxs = txs[tid] - px[pid]
-    dys = tys[tid] - py[pid]
+    pid, _, dxs, dys = _pairs_within_x(px, py, tx, ty,
+                                       half * abs(ux) + across_px * abs(uy) + 1.0)
     ok = (np.abs(dxs * ux + dys * uy) <= half) & (np.abs(-dxs * uy + dys * ux) <= across_px)
     return np.bincount(pid[ok], minlength=px.size)
 
