@@ -180,7 +180,10 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
     jc = int(np.argmin(np.abs(j)))
     # The along-trail part is added on the small (n, m) array and the big (n, m, w) arrays
     # are updated in place: this grid is built several times per CCD.
-    px = (x0[:, None] + k[None, :] * ux)[:, :, None] + (j * nx_)[None, None, :]
+    # (the (n, m) part repeated across, then the offsets added in place: a broadcast sum
+    # into a new array runs an inner loop only w long, ~20 % slower; the same sums)
+    px = np.repeat((x0[:, None] + k[None, :] * ux)[:, :, None], j.size, axis=2)
+    px += (j * nx_)[None, None, :]
     np.rint(px, out=px)
     ix = px.astype(np.int64)
     # the rounded float equals the integer exactly, so this is ix - x0
@@ -195,7 +198,8 @@ def trail_grid(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, half_width: 
         iy_rows = py.astype(np.int64)
         iy = np.broadcast_to(iy_rows, px.shape)
     else:
-        py = (y0[:, None] + k[None, :] * uy)[:, :, None] + (j * ny_)[None, None, :]
+        py = np.repeat((y0[:, None] + k[None, :] * uy)[:, :, None], j.size, axis=2)
+        py += (j * ny_)[None, None, :]
         np.rint(py, out=py)
         iy = iy_rows = py.astype(np.int64)
     ry = np.subtract(py, y0[:, None, None], out=py)
