@@ -355,9 +355,12 @@ def footprint_owners(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius
     keep = g.inside & (np.abs(g.d) <= radius)
     n = len(np.atleast_1d(x0))
     dtype = np.uint16 if n < np.iinfo(np.uint16).max else np.int32
-    idx = np.broadcast_to(np.arange(1, n + 1, dtype=dtype)[:, None, None], g.ix.shape)
-    flat = (g.iy * shape[1] + g.ix)[keep]
-    lab = idx[keep]
+    # (the row offsets on the (n, 1, w) rows of a trail along x before they are broadcast;
+    # the kept pixels come trail by trail in C order, so their labels are each trail's
+    # index repeated its count of pixels: no broadcast boolean gather)
+    iy = g.iy[:, :1, :] if g.iy.strides[1] == 0 else g.iy
+    flat = (iy * shape[1] + g.ix)[keep]
+    lab = np.repeat(np.arange(1, n + 1, dtype=dtype), keep.sum(axis=(1, 2)))
     owners = np.zeros(shape, dtype=dtype)
     owners.ravel()[flat] = lab
     # a footprint pixel some later trail painted over is covered by two or more trails
