@@ -204,7 +204,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.geometry import drift_geometry
     from driftwatch.science.normalise import misfit_samples, normalise, select_references
     from driftwatch.science.photometry import (
-        FLAG_OUTLIER, FLAG_SATURATED, end_excess, extract_trails, footprint_labels,
+        FLAG_OUTLIER, FLAG_SATURATED, end_excess, extract_trails, footprint_owners,
     )
     from driftwatch.science._stats import row_nanmedian
     from driftwatch.science.sky import local_sky
@@ -265,8 +265,9 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     sigma0 = fwhm / _FWHM
     radius = max(3.0 * sigma0, 2.0)
     with timer.stage("classify"):
-        labels = footprint_labels(det.x0, det.y0, geom, radius, image.shape)
-        covered = labels[0] > 0
+        # one label image (several trails: a sentinel), not footprint_labels' two
+        labels = footprint_owners(det.x0, det.y0, geom, radius, image.shape)
+        covered = labels > 0
         # streaks (code 8) stay visible: they are classified, then masked along their line
         cls_mask = mask if dq is None else mask & (dq != 5)
         # the sky of each 2 x 2 block (the sky map's sample at or below it): the sky is

@@ -204,35 +204,52 @@ def _normalise(flux: np.ndarray, err: np.ndarray, good: np.ndarray, base: np.nda
     pattern_loo = np.ones((n, m))
     var_loo = np.zeros((n, m))
     covered = np.ones((n, m), bool)
+    # Only the references carry weight: their rows are the only ones whose weights, clipped
+    # samples and scatter the iterations need. Every other row's leave-one-out pattern is the
+    # whole column's (its own weight is 0, so ``sw - 0`` and ``swr - 0`` exactly), and only
+    # its level (baseline) is iterated. Same arithmetic per element as over all rows, on a
+    # seventh of them (the column sums over the reference rows alone add the same terms:
+    # the other rows only added zeros).
     for _ in range(iterations):
-        r = flux / base[:, None]
-        re = err / base[:, None]
-        w = np.where(sample_ok & refs[:, None], 1.0 / np.maximum(re, rel_floor) ** 2, 0.0)
         if refs.sum() < min_refs:
             pattern_loo[:] = 1.0
             var_loo[:] = 0.0
             covered[:] = True
             break
-        wr = np.where(w > 0, w * r, 0.0)
-        sw, swr = w.sum(axis=0), wr.sum(axis=0)
-        sv = (w * w * np.where(w > 0, re * re, 0.0)).sum(axis=0)
+        ri = np.flatnonzero(refs)
+        r = flux / base[:, None]
+        rr = r[ri]
+        rer = err[ri] / base[ri, None]
+        w = np.where(sample_ok[ri], 1.0 / np.maximum(rer, rel_floor) ** 2, 0.0)
+        wr = np.where(w > 0, w * rr, 0.0)
+        w2v = w * w * np.where(w > 0, rer * rer, 0.0)
+        sw, swr, sv = w.sum(axis=0), wr.sum(axis=0), w2v.sum(axis=0)
+        col_ok = sw > 0
+        sw_safe = np.where(col_ok, sw, 1.0)
+        covered = np.repeat(col_ok[None, :], n, axis=0)
+        pattern_loo = np.repeat(np.where(col_ok, swr / sw_safe, 1.0)[None, :], n, axis=0)
+        var_loo = np.repeat(np.where(col_ok, sv / sw_safe ** 2, 0.0)[None, :], n, axis=0)
         wl = sw[None, :] - w
-        covered = wl > 0
-        wl_safe = np.where(covered, wl, 1.0)
-        pattern_loo = np.where(covered, (swr[None, :] - wr) / wl_safe, 1.0)
-        var_loo = np.where(covered, (sv[None, :] - w * w * np.where(w > 0, re * re, 0.0))
-                           / wl_safe ** 2, 0.0)
+        cov_r = wl > 0
+        wl_safe = np.where(cov_r, wl, 1.0)
+        covered[ri] = cov_r
+        pattern_loo[ri] = np.where(cov_r, (swr[None, :] - wr) / wl_safe, 1.0)
+        var_loo[ri] = np.where(cov_r, (sv[None, :] - w2v) / wl_safe ** 2, 0.0)
         nf = r / pattern_loo
-        ne = np.abs(nf) * np.sqrt((re / np.where(r != 0, r, 1.0)) ** 2 + var_loo / pattern_loo ** 2)
         ok = good & covered
         with _quiet():
             level = row_nanmedian(np.where(ok, nf, np.nan))
-        base = np.where(np.isfinite(level) & (level > 0), base * level, base)
-        dev = np.abs(nf / np.where(np.isfinite(level) & (level > 0), level, 1.0)[:, None] - 1.0)
-        sample_ok = good & (dev <= clip_sample * np.maximum(ne, 1e-12))
-        chi = _robust_std((nf - 1.0) / np.maximum(ne, 1e-12), ok)
-        med_chi = np.nanmedian(chi[refs]) if refs.any() else 1.0
-        new_refs = refs & np.isfinite(chi) & (chi <= max(clip_chi, 1.3 * med_chi))
+        lvl_ok = np.isfinite(level) & (level > 0)
+        base = np.where(lvl_ok, base * level, base)
+        # the references' clipping and scatter (the other rows' were never used)
+        nfr, pr, vr = nf[ri], pattern_loo[ri], var_loo[ri]
+        ne = np.abs(nfr) * np.sqrt((rer / np.where(rr != 0, rr, 1.0)) ** 2 + vr / pr ** 2)
+        dev = np.abs(nfr / np.where(lvl_ok, level, 1.0)[ri, None] - 1.0)
+        sample_ok[ri] = good[ri] & (dev <= clip_sample * np.maximum(ne, 1e-12))
+        chi = _robust_std((nfr - 1.0) / np.maximum(ne, 1e-12), ok[ri])
+        med_chi = np.nanmedian(chi) if ri.size else 1.0
+        new_refs = refs.copy()
+        new_refs[ri] = np.isfinite(chi) & (chi <= max(clip_chi, 1.3 * med_chi))
         if new_refs.sum() >= min_refs:
             refs = new_refs
     r = flux / base[:, None]

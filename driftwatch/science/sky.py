@@ -77,7 +77,10 @@ def local_sky(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeom
     g = trail_grid(x0, y0, geom, h, image.shape, pad=pad, every=step,
                    offsets=j[np.abs(j) >= inner - 1.5])
     ix, iy, ins, d = g.ix, g.iy, g.inside, g.d
-    band = ins & (np.abs(d) >= inner) & (np.abs(d) <= outer)
+    ad = np.abs(d)  # (once, not per bound)
+    band = ins & (ad >= inner)
+    band &= ad <= outer
+    del ad
     # one flat index for the three images read (the rows of a trail along x are one per
     # offset, (n, 1, w), broadcast over the samples)
     ny, nx = image.shape

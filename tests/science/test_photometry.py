@@ -7,7 +7,8 @@ import pytest
 
 from driftwatch.science.photometry import (
     FLAG_BLEND, FLAG_EDGE, FLAG_NODQ, FLAG_OUTLIER, LineProfile, extract_light_curves,
-    extract_trails, footprint_labels, measure_profile, neighbour_contamination,
+    extract_trails, footprint_labels, footprint_owners, measure_profile,
+    neighbour_contamination,
 )
 from tests.science._science2_synth import geometry, render
 
@@ -165,3 +166,27 @@ def test_grid_reader_equals_direct_indexing(dx_dt, dy_dt):
     grid = trail_grid(x0, y0, g, 6, shape)
     want = img[grid.iy.clip(0, shape[0] - 1), grid.ix.clip(0, shape[1] - 1)]
     np.testing.assert_array_equal(grid_reader(grid, shape)(img), want)
+
+
+def test_footprint_owners_same_blend_flags_as_footprint_labels():
+    # overlapping and isolated trails: one owner image gives the FLAG_BLEND of the two
+    # label images (and marks exactly the pixels first != last as several trails)
+    g = geometry()
+    x0 = np.array([120.0, 100.0, 110.0, 130.0, 115.0, 104.0])
+    y0 = np.array([40.3, 46.1, 80.2, 110.7, 140.4, 43.0])
+    rate = np.array([400.0, 20000.0, 5000.0, 5000.0, 5000.0, 3000.0])
+    img = render((170, 200), x0, y0, g, rate, SIGMA, sky=SKY, gain=GAIN, read_noise=RN,
+                 rng=np.random.default_rng(5))
+    first, last = footprint_labels(x0, y0, g, 3 * SIGMA, img.shape)
+    owners = footprint_owners(x0, y0, g, 3 * SIGMA, img.shape)
+    several = first != last
+    assert several.any()
+    assert (owners[several] == np.iinfo(owners.dtype).max).all()
+    assert np.array_equal(owners[~several], first[~several])
+    kw = dict(profile=LineProfile.moffat(2.3548 * SIGMA, 3.0), sky=SKY, gain=GAIN,
+              read_noise=RN)
+    a = extract_light_curves(img, x0, y0, g, labels=(first, last), **kw)
+    b = extract_light_curves(img, x0, y0, g, labels=owners, **kw)
+    assert (a.flags & FLAG_BLEND).any()
+    assert np.array_equal(a.flags, b.flags)
+    assert np.array_equal(a.flux, b.flux, equal_nan=True)
