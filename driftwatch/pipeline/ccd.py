@@ -265,7 +265,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     sigma0 = fwhm / _FWHM
     radius = max(3.0 * sigma0, 2.0)
     with timer.stage("classify"):
-        # one label image (several trails: a sentinel), not footprint_labels' two
+        # one label image: a trail's index + 1, or a sentinel where several trails overlap
         labels = footprint_owners(det.x0, det.y0, geom, radius, image.shape)
         covered = labels > 0
         # streaks (code 8) stay visible: they are classified, then masked along their line

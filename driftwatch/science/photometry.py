@@ -53,8 +53,7 @@ from driftwatch.science.geometry import DriftGeometry
 
 __all__ = [
     "FLAG_EDGE", "FLAG_BLEND", "FLAG_OUTLIER", "FLAG_SATURATED", "FLAG_NODQ", "BAD_DQ_CODES",
-    "LightCurves", "TrailGrid", "trail_grid", "pixels_at", "footprint_labels",
-    "footprint_owners",
+    "LightCurves", "TrailGrid", "trail_grid", "pixels_at", "footprint_owners",
     "extract_light_curves",
     "across_profile", "measure_profile", "LineProfile", "Contamination",
     "neighbour_contamination", "flag_neighbours", "extract_trails", "end_excess", "EndLight",
@@ -304,51 +303,18 @@ def _coverage(s: np.ndarray, length: float, profile: LineProfile) -> np.ndarray:
     return profile.cdf(s) - profile.cdf(s - length)
 
 
-def footprint_labels(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius: float,
-                     shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Paint every trail's footprint (centre line +- radius, plus radius at the ends).
-
-    Returns
-    -------
-    first, last : ndarray, uint16 (int32 beyond 65,534 trails), shape (ny, nx)
-        Index + 1 of a trail covering each pixel (0: none), painted in forward and in reverse
-        order: a pixel is covered by more than one trail exactly where a trail's own pixel shows
-        another index in either image. (Two full-size label images are the largest arrays a
-        CCD's reduction keeps: 16 bits halve them.)
-    """
-    r = int(np.ceil(radius))
-    g = trail_grid(x0, y0, geom, r, shape, pad=r)
-    keep = g.inside & (np.abs(g.d) <= radius)
-    n = len(np.atleast_1d(x0))
-    dtype = np.uint16 if n < np.iinfo(np.uint16).max else np.int32
-    idx = np.broadcast_to(np.arange(1, n + 1, dtype=dtype)[:, None, None], g.ix.shape)
-    flat = (g.iy * shape[1] + g.ix)[keep]
-    lab = idx[keep]
-    first = np.zeros(shape, dtype=dtype)
-    first.ravel()[flat] = lab
-    # The two paintings differ only where trails overlap: there ``first`` holds the highest
-    # index (painted last) and ``last`` the lowest. A copy of ``first``, repainted in reverse
-    # at the footprint pixels some later trail painted over (few; the lowest index among
-    # them wins, as in a whole reverse painting), costs a third of a second full painting.
-    last = first.copy()
-    over = first.ravel()[flat] != lab
-    last.ravel()[flat[over][::-1]] = lab[over][::-1]
-    return first, last
-
-
 def footprint_owners(x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, radius: float,
                      shape: tuple[int, int]) -> np.ndarray:
-    """Paint every trail's footprint as :func:`footprint_labels`, in one image.
+    """Paint every trail's footprint (centre line +- radius, plus radius at the ends).
 
     Returns
     -------
     owners : ndarray, uint16 (int32 beyond 65,534 trails), shape (ny, nx)
         Index + 1 of the one trail covering each pixel, 0 where none does, and
-        ``np.iinfo(dtype).max`` (never a trail's index + 1) where several do. A pixel is
+        ``np.iinfo(dtype).max`` (never a trail's index + 1) where several do: a pixel is
         covered by another trail than ``t`` exactly where ``owners`` is neither 0 nor
-        ``t + 1``: the test ``first`` and ``last`` of :func:`footprint_labels` give, from
-        one image instead of two (no copy of the painting, and one read per trail in
-        extraction instead of two).
+        ``t + 1``. (16 bits: this full-size image is among the largest arrays a CCD's
+        reduction keeps.)
     """
     r = int(np.ceil(radius))
     g = trail_grid(x0, y0, geom, r, shape, pad=r)
@@ -462,7 +428,7 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
                          sky: np.ndarray | float,
                          gain: float, read_noise: float, saturate: float = np.inf,
                          dq: np.ndarray | None = None,
-                         labels: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
+                         labels: np.ndarray | None = None,
                          half_width: int | None = None, clip_sigma: float = 5.0,
                          model_error: float = 0.05,
                          neighbours: np.ndarray | None = None) -> LightCurves:
@@ -486,9 +452,8 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
         Saturation level, ADU.
     dq : ndarray, uint8, shape (ny, nx), optional
         CP data-quality codes; None flags every sample FLAG_NODQ.
-    labels : (ndarray, ndarray), optional
-        :func:`footprint_labels` of all trails of the CCD, for FLAG_BLEND, or the one
-        image of :func:`footprint_owners` (same flags).
+    labels : ndarray, shape (ny, nx), optional
+        :func:`footprint_owners` of all trails of the CCD, for FLAG_BLEND.
     half_width : int, optional
         Half width of the extraction window (default ceil(1.3 FWHM) + 1).
     clip_sigma : float
@@ -530,17 +495,14 @@ def extract_light_curves(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
 _EXTRACT_BLOCK = 256
 
 
-def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
-                         geom: DriftGeometry, *, profile: LineProfile,
-                         sky: np.ndarray | float,
-                         gain: float, read_noise: float, saturate: float = np.inf,
-                         dq: np.ndarray | None = None,
-                         labels: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
-                         half_width: int | None = None, clip_sigma: float = 5.0,
-                         model_error: float = 0.05,
-                         neighbours: np.ndarray | None = None,
-                         label_offset: int = 0) -> LightCurves:
-    """Extract the light curves of a block of trails (see :func:`extract_light_curves`).
+def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeometry, *,
+                   profile: LineProfile, sky: np.ndarray | float, gain: float,
+                   read_noise: float, saturate: float, dq: np.ndarray | None,
+                   labels: np.ndarray | None, half_width: int | None, clip_sigma: float,
+                   model_error: float, neighbours: np.ndarray | None,
+                   label_offset: int = 0) -> LightCurves:
+    """Extract the light curves of a block of trails (see :func:`extract_light_curves`,
+    whose defaults every argument has).
 
     ``label_offset`` is the index of the block's first trail among all trails (its label in
     ``labels`` is ``label_offset + 1``).
@@ -552,7 +514,7 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     h = int(np.ceil(1.3 * profile.fwhm)) + 1 if half_width is None else int(half_width)
     g = trail_grid(x0, y0, geom, h, image.shape)
     ny, nx = image.shape
-    # one reader serves the four images read on the grid (pixels, DQ, two label maps)
+    # one reader serves the four images read on the grid (pixels, DQ, footprint owners)
     read = grid_reader(g, image.shape)
     # the (n, m, w) arrays are float32 (half the memory and time of the largest step of a
     # CCD's reduction)
@@ -599,17 +561,10 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray,
     w_ok &= ~sat
     if labels is not None:
         own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
-        if isinstance(labels, np.ndarray):
-            # footprint_owners: one read (several trails there read as the sentinel, never
-            # equal to own)
-            lo = read(labels)
-            other = (lo != own) & (lo != 0)
-            del lo
-        else:
-            first, last = labels
-            lf, ll = read(first), read(last)
-            other = ((lf != own) & (lf != 0)) | ((ll != own) & (ll != 0))
-            del lf, ll
+        # (where several trails cover a pixel it reads as the sentinel, never equal to own)
+        lo = read(labels)
+        other = (lo != own) & (lo != 0)
+        del lo
         flags |= np.where(_any_across(other & core & g.inside), FLAG_BLEND, 0).astype(np.uint16)
 
     d = data - sky_arr
@@ -882,7 +837,7 @@ def extract_trails(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
                    fwhm_guess: float, flux_guess: np.ndarray, sky: np.ndarray | float,
                    gain: float, read_noise: float, saturate: float = np.inf,
                    dq: np.ndarray | None = None,
-                   labels: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
+                   labels: np.ndarray | None = None,
                    usable: np.ndarray | None = None,
                    ) -> tuple[LightCurves, LineProfile, Contamination]:
     """Extract every trail's light curve, with the profile fitted and neighbours subtracted.

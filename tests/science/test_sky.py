@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftwatch.science.photometry import footprint_labels
+from driftwatch.science.photometry import footprint_owners
 from driftwatch.science.sky import local_sky
 from tests.science._science2_synth import geometry, render
 
@@ -16,8 +16,8 @@ def test_sky_ignores_a_bright_neighbour_when_footprints_are_masked():
     rate = np.array([500.0, 50000.0])
     rng = np.random.default_rng(7)
     img = render((90, 200), x0, y0, g, rate, 1.8, sky=100.0, rng=rng)
-    first, _ = footprint_labels(x0, y0, g, 3 * 1.8, img.shape)
-    masked = local_sky(img, x0, y0, g, inner=6.0, outer=12.0, covered=first > 0)
+    owners = footprint_owners(x0, y0, g, 3 * 1.8, img.shape)
+    masked = local_sky(img, x0, y0, g, inner=6.0, outer=12.0, covered=owners > 0)
     naive = local_sky(img, x0, y0, g, inner=6.0, outer=12.0)
     assert abs(masked.level[0] - 100.0) < 1.0
     assert naive.level[0] - 100.0 > 3 * abs(masked.level[0] - 100.0)
