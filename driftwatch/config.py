@@ -130,6 +130,9 @@ class WatchConfig:
         doc="temporary names used by transfers; their rename into place is the event",
     )
     settle_s: float = _f(3.0, min=0.0, max=3600, doc="size and mtime must be stable this long")
+    trust_rename: bool = _f(
+        True, doc="a file renamed into place is checked at once, without settling first",
+    )
     complete_timeout_s: float = _f(900.0, min=1.0, doc="report a file that never completes")
     rescan_interval_s: float = _f(60.0, min=1.0, doc="reconciliation scan period")
     dq_wait_s: float = _f(300.0, min=0.0, doc="how long an image waits for its DQ mask")

@@ -112,7 +112,8 @@ class Daemon:
     def _make_gate(cfg: Config) -> Gate:
         expected = expected_extnames(cfg.pipeline.ccds, cfg.pipeline.skip_ccds)
         return Gate(cfg.watch.settle_s, cfg.watch.complete_timeout_s,
-                    check=make_check(expected, cfg.watch.verify_checksum))
+                    check=make_check(expected, cfg.watch.verify_checksum),
+                    trust_rename=cfg.watch.trust_rename)
 
     @staticmethod
     def _make_watcher(cfg: Config) -> Watcher:
@@ -228,8 +229,8 @@ class Daemon:
         if due is not None:
             tick = min(max(due, BUSY_TICK_S), IDLE_TICK_S)
         self.watcher.wait(tick)
-        for path in self.watcher.drain():
-            self.gate.offer(path)
+        for arrival in self.watcher.drain():
+            self.gate.offer(arrival.path, renamed=arrival.renamed)
         if time.monotonic() >= self._next_scan:
             self._reconcile()
         self._handle(self.gate.poll())

@@ -12,6 +12,8 @@ daemon also calls :meth:`Watcher.scan` at start-up and every ``watch.rescan_inte
 
 Temporary names (rsync's ``.name.XXXXXX``, ``*.tmp``, ``*.part``) never match: their rename into
 place arrives as a ``moved`` event whose destination is the final name, and that is the event.
+An arrival says whether it came by such a rename: a writer renames a file once it has written
+all of it, so the gate may check it without waiting for it to settle (``watch.trust_rename``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import queue
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -34,16 +37,30 @@ log = logging.getLogger(__name__)
 _EVENTS = frozenset({"created", "modified", "closed", "moved"})
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A matching file an event was about."""
+
+    path: str
+    renamed: bool   # its last event was a rename into this name (a whole file, by convention)
+
+
 class _Enqueue(FileSystemEventHandler):
-    """Put the path an event is about on a queue, and nothing else."""
+    """Put (path, renamed) of an event on a queue, and nothing else."""
 
     def __init__(self, q: queue.SimpleQueue) -> None:
         super().__init__()
         self._q = q
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in _EVENTS:
-            self._q.put(event.dest_path if event.event_type == "moved" else event.src_path)
+        # A folder's own "modified" (an entry added or removed) says nothing its files' events
+        # do not; a folder created or renamed into place is walked (see Watcher.drain).
+        if event.is_directory and event.event_type not in ("created", "moved"):
+            return
+        if event.event_type == "moved":
+            self._q.put((event.dest_path, True))
+        elif event.event_type in _EVENTS:
+            self._q.put((event.src_path, False))
 
 
 class Watcher:
@@ -58,6 +75,7 @@ class Watcher:
         self.kind = observer
         self.poll_interval_s = poll_interval_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: list[tuple[str, bool]] = []   # taken off the queue by wait()
         self._observer: BaseObserver | None = None
 
     def matches(self, path: str | os.PathLike[str]) -> bool:
@@ -94,30 +112,39 @@ class Watcher:
 
     def wait(self, timeout: float) -> bool:
         """Block until an event is queued or ``timeout`` passes; True if there is one."""
+        if self._held:
+            return True
         try:
             item = self._queue.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             return False
-        self._queue.put(item)
+        self._held.append(item)   # kept in front: drain() must see events in their order
         return True
 
-    def drain(self) -> list[str]:
-        """Return the distinct matching file paths queued since the last call (in arrival order)."""
-        seen: dict[str, None] = {}
+    def drain(self) -> list[Arrival]:
+        """Return the distinct matching files queued since the last call (in arrival order).
+
+        A file is ``renamed`` when its last event was a rename into its name: writes after a
+        rename (a writer that renames first and then writes) make it an ordinary arrival.
+        """
+        seen: dict[str, bool] = {}
         while True:
             try:
-                raw = self._queue.get_nowait()
+                raw, renamed = self._held.pop(0) if self._held else self._queue.get_nowait()
             except queue.Empty:
                 break
             path = os.fsdecode(raw)
             if os.path.isdir(path):
-                # A folder renamed into place brings files that raise no event of their own.
+                # A folder renamed into place brings files that raise no event of their own;
+                # they were written before the rename like any renamed file.
                 for found in _walk(Path(path)):
                     if self.matches(found):
-                        seen[str(found)] = None
+                        seen.pop(str(found), None)
+                        seen[str(found)] = renamed
             elif self.matches(path):
-                seen[path] = None
-        return list(seen)
+                seen.pop(path, None)
+                seen[path] = renamed
+        return [Arrival(path, renamed) for path, renamed in seen.items()]
 
     def scan(self) -> Iterator[Path]:
         """Yield every matching file now in the folders (the reconciliation scan)."""

@@ -156,3 +156,76 @@ def test_prune_keeps_stuck_files_and_forgets_old_accepted_ones(tmp_path, gate):
     assert not g.decided(good) and g.decided(stuck)
     stuck.unlink()
     assert g.prune(keep_s=3600) == 1
+
+
+def _rename_in(tmp_path: Path, data: bytes, name: str = "c4d_x_ooi_VR_v1.fits.fz") -> Path:
+    """Write ``data`` under a temporary name in pieces, then rename it, as rsync does."""
+    import os
+    tmp = tmp_path / f".{name}.Xy12ab"
+    with tmp.open("wb") as fh:
+        for k in range(0, len(data), 4000):
+            fh.write(data[k:k + 4000])
+            fh.flush()
+    os.rename(tmp, tmp_path / name)
+    return tmp_path / name
+
+
+def test_renamed_whole_file_is_accepted_without_settling(tmp_path, gate):
+    g, clock = gate
+    path = _rename_in(tmp_path, _fits_bytes(tmp_path))
+    g.offer(path, renamed=True)
+    assert g.next_due() == 0.0
+    res = g.poll()                                   # same instant: no settling
+    assert [j.path for j in res.accepted] == [str(path)] and res.accepted[0].waited_s == 0.0
+    assert len(g) == 0
+
+
+def test_renamed_before_it_was_whole_settles(tmp_path, gate):
+    g, clock = gate
+    data = _fits_bytes(tmp_path)
+    path = _rename_in(tmp_path, data[: len(data) // 2])
+    g.offer(path, renamed=True)
+    assert g.poll() == type(g.poll())() and len(g) == 1   # checked at once: incomplete
+    with path.open("ab") as fh:                      # the writer goes on after its rename
+        fh.write(data[len(data) // 2:])
+    _touch_ns(path, 2_000_000_000_000_000_000)
+    clock.t += 0.5
+    assert g.poll().accepted == ()                   # changed: it settles like any other
+    clock.t += 1.0
+    assert g.poll().accepted == ()
+    clock.t += 1.5
+    assert len(g.poll().accepted) == 1
+
+
+def test_renamed_then_written_again_settles(tmp_path, gate):
+    g, clock = gate
+    data = _fits_bytes(tmp_path)
+    path = _rename_in(tmp_path, data)
+    g.offer(path, renamed=True)
+    with path.open("r+b") as fh:                     # rsync --inplace-like rewrite after it
+        fh.write(data[:100])
+    g.offer(path)                                    # its next event is not a rename
+    assert g.poll().accepted == ()                   # so it settles
+    clock.t += 2.5
+    assert len(g.poll().accepted) == 1
+
+
+def test_renamed_corrupt_file_is_reported_at_once(tmp_path, gate):
+    g, clock = gate
+    data = bytearray(_fits_bytes(tmp_path))
+    data[-100] ^= 0xFF
+    path = _rename_in(tmp_path, bytes(data))
+    g.offer(path, renamed=True)
+    res = g.poll()
+    assert len(res.corrupt) == 1 and "DATASUM" in res.corrupt[0].verdict.reason
+
+
+def test_trust_rename_off_settles_renamed_files(tmp_path):
+    clock = Clock()
+    g = Gate(settle_s=2.0, complete_timeout_s=30.0, check=make_check((), True), clock=clock,
+             trust_rename=False)
+    path = _rename_in(tmp_path, _fits_bytes(tmp_path))
+    g.offer(path, renamed=True)
+    assert g.poll().accepted == ()
+    clock.t += 2.5
+    assert len(g.poll().accepted) == 1

@@ -15,13 +15,18 @@ PATTERNS = ("*.fits", "*.fits.fz")
 IGNORE = (".*", "*.tmp", "*.part", "*~")
 
 
-def _collect(w: Watcher, want: set[str], timeout: float = 5.0) -> set[str]:
-    got: set[str] = set()
+def _arrivals(w: Watcher, want: set[str], timeout: float = 5.0) -> dict[str, bool]:
+    """{path: renamed} of what arrived until every path of ``want`` did (or the timeout)."""
+    got: dict[str, bool] = {}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not want <= got:
+    while time.monotonic() < deadline and not want <= got.keys():
         w.wait(0.1)
-        got.update(w.drain())
+        got.update((a.path, a.renamed) for a in w.drain())
     return got
+
+
+def _collect(w: Watcher, want: set[str], timeout: float = 5.0) -> set[str]:
+    return set(_arrivals(w, want, timeout))
 
 
 @pytest.fixture(params=["inotify", "polling"])
@@ -40,6 +45,9 @@ def test_rename_into_place_is_the_event(watcher):
     w, folder = watcher
     sub = folder / "20261121"
     sub.mkdir()
+    # Files already in a folder when its watch is added arrive as "created" (an ordinary
+    # arrival): let the observer take up the new folder first, as at dusk.
+    _arrivals(w, {"never"}, timeout=0.5)
     tmp = sub / ".DECam_00000001.fits.fz.Ab12Cd"
     with tmp.open("wb") as fh:
         for _ in range(3):
@@ -47,12 +55,41 @@ def test_rename_into_place_is_the_event(watcher):
             fh.flush()
     part = sub / "c4d_261121_010203_ooi_VR_v1.fits.fz.part"
     part.write_bytes(b"y" * 100)
+    # A transfer takes a while: the polling observer sees a rename only of a file it saw
+    # under its temporary name (else it sees a file created, an ordinary arrival).
+    time.sleep(0.3)
     final = sub / "DECam_00000001.fits.fz"
     os.rename(tmp, final)
     os.rename(part, sub / "c4d_261121_010203_ooi_VR_v1.fits.fz")
     want = {str(final), str(sub / "c4d_261121_010203_ooi_VR_v1.fits.fz")}
-    got = _collect(w, want)
-    assert got == want  # no temp names, no folders
+    got = _arrivals(w, want)
+    assert set(got) == want  # no temp names, no folders
+    assert all(got.values())  # both came by a rename
+
+
+def test_written_in_place_is_not_a_rename(watcher):
+    w, folder = watcher
+    direct = folder / "DECam_00000002.fits.fz"
+    with direct.open("wb") as fh:  # scp, rsync --inplace: the final name from the first byte
+        fh.write(b"x" * 1000)
+    late = folder / "DECam_00000003.fits.fz"
+    tmp = folder / ".DECam_00000003.fits.fz.tmp"
+    tmp.write_bytes(b"y" * 100)
+    time.sleep(0.3)   # seen under its temporary name by the polling observer too
+    os.rename(tmp, late)
+    got = _arrivals(w, {str(direct), str(late)})
+    assert got[str(direct)] is False and got[str(late)] is True
+    with late.open("ab") as fh:   # written again after its rename: an ordinary arrival now
+        fh.write(b"z" * 100)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        w.wait(0.1)
+        last = {a.path: a.renamed for a in w.drain()}
+        if str(late) in last:
+            assert last[str(late)] is False
+            break
+    else:
+        pytest.fail("no event for the file appended to after its rename")
 
 
 def test_folder_renamed_into_place_brings_its_files(watcher):
@@ -63,6 +100,8 @@ def test_folder_renamed_into_place_brings_its_files(watcher):
     (staging / "notes.txt").write_bytes(b"n")
     os.rename(staging, folder / "night")
     want = {str(folder / "night" / "a.fits")}
+    # From outside the watched folders, the move is seen as a folder created: an ordinary
+    # arrival, which settles before it is checked.
     assert _collect(w, want) == want
 
 
