@@ -41,11 +41,12 @@ __all__ = ["run", "write_exposure", "simulated_ccd"]
 
 def write_exposure(folder: Path, scene: Any, render: Any, *, expnum: int = 1000001,
                    ra0: float = 150.0, dec0: float = -20.0, mjd: float = 60000.25,
-                   with_dq: bool = True) -> tuple[Path, Path | None]:
+                   with_dq: bool = True, compress: bool = False) -> tuple[Path, Path | None]:
     """Write a simulated CCD as a one-CCD CP-like image file (and DQ mask file).
 
     The WCS cards are the simulator's TPV focal-plane WCS of the same pointing, so the file's
-    WCS is the truth (astrometric refinement is exercised elsewhere).
+    WCS is the truth (astrometric refinement is exercised elsewhere). ``compress``: RICE_1
+    ``.fits.fz`` files quantised as the simulator's nights are (CP's layout), else plain.
     """
     from astropy.io import fits
     from astropy.time import Time
@@ -71,16 +72,23 @@ def write_exposure(folder: Path, scene: Any, render: Any, *, expnum: int = 10000
     ext["FWHM"] = scene.fwhm_px
     ext["AVSKY"] = render.sky_adu
     ext["AVSIG"] = render.sky_sigma_adu
-    img = folder / f"c4d_sim_{expnum}_ooi_VR_v1.fits"
-    fits.HDUList([fits.PrimaryHDU(header=primary),
-                  fits.ImageHDU(render.image, header=ext, name=scene.ccd)]).writeto(
+    suffix = ".fits.fz" if compress else ".fits"
+
+    def hdu(data: np.ndarray, quantize: bool) -> fits.ImageHDU | fits.CompImageHDU:
+        if not compress:
+            return fits.ImageHDU(data, header=ext, name=scene.ccd)
+        kw = dict(quantize_level=4.0, quantize_method=1, dither_seed=-1) if quantize else {}
+        return fits.CompImageHDU(data, header=ext, name=scene.ccd, compression_type="RICE_1",
+                                 **kw)
+
+    img = folder / f"c4d_sim_{expnum}_ooi_VR_v1{suffix}"
+    fits.HDUList([fits.PrimaryHDU(header=primary), hdu(render.image, True)]).writeto(
         img, overwrite=True)
     dq = None
     if with_dq:
         primary["PRODTYPE"] = "dqmask"
-        dq = folder / f"c4d_sim_{expnum}_ood_VR_v1.fits"
-        fits.HDUList([fits.PrimaryHDU(header=primary),
-                      fits.ImageHDU(render.dq, header=ext, name=scene.ccd)]).writeto(
+        dq = folder / f"c4d_sim_{expnum}_ood_VR_v1{suffix}"
+        fits.HDUList([fits.PrimaryHDU(header=primary), hdu(render.dq, False)]).writeto(
             dq, overwrite=True)
     return img, dq
 
@@ -88,7 +96,7 @@ def write_exposure(folder: Path, scene: Any, render: Any, *, expnum: int = 10000
 def simulated_ccd(folder: Path, *, seed: int, shape: tuple[int, int], n_stars: int,
                   n_brightenings: int = 0, n_flashes: int = 0, n_streaks: int = 0,
                   options: Any = None, expnum: int = 1000001, fwhm_px: float = 4.5,
-                  **kw: Any) -> tuple[Any, Any, Path, Path | None]:
+                  compress: bool = False, **kw: Any) -> tuple[Any, Any, Path, Path | None]:
     """Render one simulated CCD and write it: returns (scene, render, image path, DQ path)."""
     from driftwatch.simulate.generate import quick_scene
     from driftwatch.simulate.render import render_ccd
@@ -98,7 +106,7 @@ def simulated_ccd(folder: Path, *, seed: int, shape: tuple[int, int], n_stars: i
                            n_brightenings=n_brightenings, n_flashes=n_flashes,
                            n_streaks=n_streaks, fwhm_px=fwhm_px, **kw)
     render = render_ccd(scene, options or RenderOptions())
-    img, dq = write_exposure(folder, scene, render, expnum=expnum)
+    img, dq = write_exposure(folder, scene, render, expnum=expnum, compress=compress)
     return scene, render, img, dq
 
 
@@ -162,16 +170,19 @@ print(json.dumps({"ok": s.ok, "error": s.error, "wall": wall, "timings": s.timin
                   "steady": steady, "steady_maxrss_mb": hwm_mb()}))
 """
 
-def _speed(tmp: Path, runs: int, steady: int = 3) -> dict[str, Any]:
+def _speed(tmp: Path, runs: int, steady: int = 3, n_stars: int = 2300,
+           compress: bool = False) -> dict[str, Any]:
+    """Time ``reduce_ccd`` of one full-size CCD (seed 11) in ``runs`` fresh processes."""
     from driftwatch.simulate.focalplane import FULL_SHAPE
 
-    scene, render, img, dq = simulated_ccd(tmp / "speed", seed=11, shape=FULL_SHAPE,
-                                           n_stars=2300, n_brightenings=10, n_flashes=3,
-                                           n_streaks=1)
+    folder = tmp / f"speed-{n_stars}-{'fz' if compress else 'fits'}"
+    scene, render, img, dq = simulated_ccd(folder, seed=11, shape=FULL_SHAPE,
+                                           n_stars=n_stars, n_brightenings=10, n_flashes=3,
+                                           n_streaks=1, compress=compress)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     res = []
     for i in range(runs):
-        arg = json.dumps({"img": str(img), "dq": str(dq), "out": str(tmp / f"out{i}"),
+        arg = json.dumps({"img": str(img), "dq": str(dq), "out": str(folder / f"out{i}"),
                           "ccd": scene.ccd, "expnum": 1000001, "steady": steady})
         p = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True,
                            env=env, check=True)
@@ -179,6 +190,7 @@ def _speed(tmp: Path, runs: int, steady: int = 3) -> dict[str, Any]:
     walls = np.array([r["wall"] for r in res])
     stages = sorted({k for r in res for k in r["timings"]})
     return {
+        "input": f"{n_stars} stars, {'RICE_1 .fits.fz' if compress else 'uncompressed .fits'}",
         "n_trails": res[0]["n_trails"], "ok": all(r["ok"] for r in res),
         "error": next((r["error"] for r in res if r["error"]), None),
         "wall_s": {"median": float(np.median(walls)), "min": float(walls.min()),
@@ -211,15 +223,31 @@ def run(quick: bool = False) -> dict[str, Any]:
         tmp = Path(d)
         t0 = time.perf_counter()
         out["speed"] = _speed(tmp, runs=3 if quick else 7, steady=1 if quick else 3)
+        if not quick:
+            # issue 8's case: ~1,000 trails, compressed as CP delivers its CCDs
+            out["speed_decam"] = _speed(tmp, runs=5, steady=3, n_stars=1550, compress=True)
         out.update(acc.accuracy(tmp, quick=quick))
         out["bench_seconds"] = time.perf_counter() - t0
     return out
 
 
 def _print(res: dict[str, Any]) -> None:
-    sp = res["speed"]
-    print(f"reduce_ccd, full-size CCD, {sp['n_trails']} trails, one core "
-          f"({sp['wall_s']['runs']} fresh processes):")
+    for key in ("speed", "speed_decam"):
+        if key in res:
+            _print_speed(res[key])
+    for key in ("photometry", "false", "classes"):
+        if key in res:
+            print(f"{key}: {json.dumps(res[key], default=float)}")
+    if "injection" in res:
+        inj = res["injection"]
+        print(f"injection: {json.dumps({k: v for k, v in inj.items() if k != 'table'})}")
+        for row in inj.get("table", []):
+            print("   ", row)
+
+
+def _print_speed(sp: dict[str, Any]) -> None:
+    print(f"reduce_ccd, full-size CCD ({sp.get('input', '')}), {sp['n_trails']} trails, one "
+          f"core ({sp['wall_s']['runs']} fresh processes):")
     print(f"  wall median {sp['wall_s']['median']:.3f} s (min {sp['wall_s']['min']:.3f}, "
           f"max {sp['wall_s']['max']:.3f}); peak RSS {sp['peak_rss_mb']:.0f} MB "
           f"(imports alone {sp['import_rss_mb']:.0f} MB)")
@@ -231,14 +259,6 @@ def _print(res: dict[str, Any]) -> None:
           f"{sp['steady_peak_rss_mb']:.0f} MB")
     for k, v in sp["steady_stages_s"].items():
         print(f"    {k:<11s} {v:.3f} s")
-    for key in ("photometry", "false", "classes"):
-        if key in res:
-            print(f"{key}: {json.dumps(res[key], default=float)}")
-    if "injection" in res:
-        inj = res["injection"]
-        print(f"injection: {json.dumps({k: v for k, v in inj.items() if k != 'table'})}")
-        for row in inj.get("table", []):
-            print("   ", row)
 
 
 if __name__ == "__main__":
