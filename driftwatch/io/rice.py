@@ -125,7 +125,7 @@ def decode_rice_rows(fh: BinaryIO, header: Mapping[str, Any], data_start: int) -
         return None
     get = header.get
     if (str(get("ZCMPTYPE", "")).strip() != "RICE_1" or get("ZBITPIX") != -32
-            or get("ZNAXIS") != 2 or "ZBLANK" in header or "ZSIMPLE" in header):
+            or get("ZNAXIS") != 2 or "ZBLANK" in header):
         return None
     nx, ny = int(get("ZNAXIS1", 0)), int(get("ZNAXIS2", 0))
     if int(get("ZTILE1", nx)) != nx or int(get("ZTILE2", 1)) != 1 or nx <= 0 or ny <= 0:
