@@ -90,7 +90,7 @@ def _write_chunks(path: Path, data: bytes, chunks: int, pause_s: float) -> None:
 def write_config(tmp: Path, *, observer: str = "inotify", settle_s: float = 0.3,
                  complete_timeout_s: float = 2.0, rescan_s: float = 2.0,
                  grace_s: float = 10.0, workers: int = 2, ccds: Sequence[str] = CCDS,
-                 alerts: bool = False, extra: str = "") -> Path:
+                 alerts: bool = False, trust_rename: bool = True, extra: str = "") -> Path:
     """Write a daemon config for a test folder layout under ``tmp``; return its path."""
     for d in ("incoming", "products", "state"):
         (tmp / d).mkdir(exist_ok=True)
@@ -104,6 +104,7 @@ watch:
   observer: {observer}
   poll_interval_s: 0.2
   settle_s: {settle_s}
+  trust_rename: {"true" if trust_rename else "false"}
   complete_timeout_s: {complete_timeout_s}
   rescan_interval_s: {rescan_s}
   dq_wait_s: 0

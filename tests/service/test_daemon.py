@@ -121,6 +121,30 @@ def test_a_night_delivered_every_way(tmp_path, daemons):
     assert "RELOADING=1" in lines
 
 
+@pytest.mark.parametrize("trust_rename", [True, False])
+def test_a_renamed_file_skips_the_settle_wait(tmp_path, daemons, trust_rename):
+    """Renamed into place: reduced at once; written in place: only after settle_s."""
+    settle = 4.0
+    cfg = write_config(tmp_path, settle_s=settle, complete_timeout_s=60, rescan_s=60,
+                       trust_rename=trust_rename)
+    inc, products = tmp_path / "incoming", tmp_path / "products"
+    d = daemons(cfg, tmp_path / "daemon.log")
+    assert wait_until(lambda: "ready (pid" in d.text(), 30), d.text()
+    t0 = time.monotonic()
+    deliver_rename(inc, exposure_name(1), exposure_bytes(1), chunks=4)
+    deliver_inplace(inc, exposure_name(2), exposure_bytes(2), chunks=4)
+    renamed_done = lambda: _counts(products) >= _expect((1,))  # noqa: E731
+    if trust_rename:
+        assert wait_until(renamed_done, settle - 1.5), (_counts(products), d.text())
+        assert _counts(products) == _expect((1,))   # the one written in place still settles
+    else:
+        assert not wait_until(renamed_done, settle - 1.0)
+    assert wait_until(lambda: _counts(products) == _expect((1, 2)), 20), d.text()
+    assert time.monotonic() - t0 >= settle
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+
+
 def test_sigterm_mid_night_restart_and_files_arriving_while_stopped(tmp_path, daemons):
     cfg = write_config(tmp_path, grace_s=10.0)
     inc, products, state = tmp_path / "incoming", tmp_path / "products", tmp_path / "state"
