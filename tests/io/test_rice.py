@@ -88,7 +88,27 @@ def test_no_dither_is_bit_identical(tmp_path: Path) -> None:
     assert got is not None and _same_bits(got, fitsio.read(str(path), ext="S4"))
 
 
-@pytest.mark.parametrize("case", ["gzip", "two-row tiles", "nan", "dither 2", "integer"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32])
+@pytest.mark.parametrize("writer", ["astropy", "cfitsio"])
+def test_integer_images_are_fitsios(tmp_path: Path, dtype, writer: str, monkeypatch) -> None:
+    monkeypatch.setattr(rice, "_BLOCK_ROWS", 7)
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    img = rng.integers(max(info.min, -40000), min(info.max, 40000), (23, 19)).astype(dtype)
+    img[:5] = 0                                     # a DQ mask is mostly zeros
+    path = tmp_path / "i.fits.fz"
+    if writer == "astropy":
+        _astropy_file(path, img)
+    else:
+        _cfitsio_file(path, img, qmethod=None)
+    got = _decode(path)
+    expected = fitsio.read(str(path), ext="S4")
+    assert got is not None and got.dtype == expected.dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, img)
+
+
+@pytest.mark.parametrize("case", ["gzip", "two-row tiles", "nan", "dither 2", "uint16"])
 def test_other_layouts_are_left_to_fitsio(tmp_path: Path, case: str) -> None:
     img = _sky((32, 24))
     path = tmp_path / "o.fits.fz"
@@ -101,8 +121,8 @@ def test_other_layouts_are_left_to_fitsio(tmp_path: Path, case: str) -> None:
         _cfitsio_file(path, img)
     elif case == "dither 2":
         _cfitsio_file(path, img, qmethod="SUBTRACTIVE_DITHER_2")
-    else:
-        _cfitsio_file(path, np.round(img).astype(np.int32))
+    else:  # stored as int16 with BZERO = 32768
+        _cfitsio_file(path, np.round(img).astype(np.uint16), qmethod=None)
     assert _decode(path) is None
     pixels, _, _ = decam._read_hdu(path, "S4")   # what read_ccd and read_dq read: fitsio's
     np.testing.assert_array_equal(pixels, fitsio.read(str(path), ext="S4"))
