@@ -151,7 +151,8 @@ class Daemon:
         # The catalogue builder is imported on first use by the dispatcher.
         self.dispatcher = Dispatcher(self.cfg, self.store, self.executor, ccd_fn=ccd_fn,
                                      alerts=self.cfg.alerts.enabled,
-                                     on_exposure_done=self._on_exposure_done)
+                                     on_exposure_done=self._on_exposure_done,
+                                     on_done=self._wake)
         self.dispatcher.requeue_running()
         self.watcher = self._make_watcher(self.cfg)
         self.watcher.start()
@@ -221,6 +222,12 @@ class Daemon:
             return
         self._failing_since = None
 
+    def _wake(self) -> None:
+        """A task finished (called from the executor's thread): end the loop's wait now."""
+        watcher = self.watcher
+        if watcher is not None:
+            watcher.wake()
+
     def _turn(self) -> None:
         assert self.watcher is not None and self.dispatcher is not None
         busy = len(self.gate) or self.dispatcher.in_flight
@@ -234,8 +241,9 @@ class Daemon:
         if time.monotonic() >= self._next_scan:
             self._reconcile()
         self._handle(self.gate.poll())
-        # Record what finished first, so that freed workers get new jobs in this same turn.
-        if self.dispatcher.collect(timeout=0) and self.alerts is not None:
+        # Freed workers get their next jobs before the results are written (refill), then
+        # what finished is recorded, then any worker still free is given a job.
+        if self.dispatcher.collect(timeout=0, refill=True) and self.alerts is not None:
             self.alerts.wake()  # candidates of a finished exposure may be queued
         self.dispatcher.submit_ready()
         self._health()

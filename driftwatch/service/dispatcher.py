@@ -149,6 +149,10 @@ class Dispatcher:
         The alert hooks (see the module docstring).
     scope:
         Dispatch only these job ids (a reprocess of one night); None: every job.
+    on_done:
+        Called (from the executor's thread, so it must only signal) whenever a task finishes:
+        the daemon's loop wakes at once instead of at its next tick, so a free worker waits
+        for its next job only as long as it takes to hand it over.
     """
 
     def __init__(self, cfg: Config, store: Store, executor: Executor, *,
@@ -157,7 +161,8 @@ class Dispatcher:
                  alerts: bool | None = None, on_candidates: CandidatesHook | None = None,
                  on_exposure_done: ExposureHook | None = None,
                  scope: Iterable[int] | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow,
+                 on_done: Callable[[], None] | None = None) -> None:
         if isinstance(cfg, Store) and isinstance(store, Config):  # (store, cfg, ...) also works
             cfg, store = store, cfg
         self.cfg = cfg
@@ -172,6 +177,7 @@ class Dispatcher:
             self.on_exposure_done = outbox_exposure_hook(self)
         self.scope = set(scope) if scope is not None else None
         self.clock = clock
+        self.on_done = on_done
         self._done: queue.Queue[tuple[int, int, Any]] = queue.Queue()
         self._inflight: dict[int, tuple[int, Any]] = {}      # job id -> (generation, future)
         self._generation = 0
@@ -330,10 +336,19 @@ class Dispatcher:
                 refused.append((job_id, exc))
                 continue
             self._inflight[job_id] = (gen, future)
-            future.add_done_callback(lambda f, j=job_id, g=gen: self._done.put((j, g, f)))
+            future.add_done_callback(lambda f, j=job_id, g=gen: self._finished(j, g, f))
         if refused:
             self._refused(refused)
         return len(batch) - len(refused)
+
+    def _finished(self, job_id: int, gen: int, fut: Any) -> None:
+        """A future's done callback (the executor's thread): queue it, wake the loop."""
+        self._done.put((job_id, gen, fut))
+        if self.on_done is not None:
+            try:
+                self.on_done()
+            except Exception:  # never into the executor's thread: the loop's tick still comes
+                log.exception("the on_done hook raised")
 
     def _refused(self, refused: list[tuple[int, BaseException]]) -> None:
         """Jobs the executor would not take: a broken pool (not their fault: back in the queue

@@ -75,7 +75,7 @@ class Watcher:
         self.kind = observer
         self.poll_interval_s = poll_interval_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._held: list[tuple[str, bool]] = []   # taken off the queue by wait()
+        self._held: list[tuple[str, bool] | None] = []   # taken off the queue by wait()
         self._observer: BaseObserver | None = None
 
     def matches(self, path: str | os.PathLike[str]) -> bool:
@@ -110,8 +110,15 @@ class Watcher:
         """True while the observer thread runs (it dies on an error in a handler or emitter)."""
         return self._observer is not None and self._observer.is_alive()
 
+    def wake(self) -> None:
+        """Make a :meth:`wait` in progress (or the next one) return now. Any thread may call it."""
+        self._queue.put(None)
+
     def wait(self, timeout: float) -> bool:
-        """Block until an event is queued or ``timeout`` passes; True if there is one."""
+        """Block until an event is queued, :meth:`wake` is called, or ``timeout`` passes.
+
+        True unless the timeout passed.
+        """
         if self._held:
             return True
         try:
@@ -130,9 +137,12 @@ class Watcher:
         seen: dict[str, bool] = {}
         while True:
             try:
-                raw, renamed = self._held.pop(0) if self._held else self._queue.get_nowait()
+                item = self._held.pop(0) if self._held else self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is None:   # a wake-up, no event
+                continue
+            raw, renamed = item
             path = os.fsdecode(raw)
             if os.path.isdir(path):
                 # A folder renamed into place brings files that raise no event of their own;
