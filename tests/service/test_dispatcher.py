@@ -59,6 +59,21 @@ def run(cfg, store, executor=None, **kw) -> Dispatcher:
     return d
 
 
+def test_every_finished_task_calls_on_done_and_a_raising_hook_is_harmless(night):
+    cfg, store = night
+    calls: list[str] = []
+
+    def on_done() -> None:   # called from the executor's thread
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise RuntimeError("a hook that fails must not lose the result")
+
+    run(cfg, store, ccd_fn=standins.reduce_ccd, on_done=on_done)
+    states = [v[0] for v in jobs(store).values()] + [v[0] for v in jobs(store, "catalogue").values()]
+    assert set(states) == {"done", "skipped"}
+    assert len(calls) == states.count("done")   # one per task run (skipped ones never run)
+
+
 def jobs(store, kind="ccd"):
     with store.session_scope() as s:
         return {(j.exposure.expnum, j.ccd): (j.state, j.attempts, j.error, j.product_path)
