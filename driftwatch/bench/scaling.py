@@ -1,7 +1,8 @@
 """Scaling of the real ``reduce_ccd`` with the number of workers: local pool and Dask.
 
 The CCDs are those of the ``exposure`` area's simulated drift exposure (the same cached files
-and field catalogue; full mode: full-size CCDs with 1,000 stars, quick: 1024x512 px with 250).
+and field catalogue; full mode: full-size CCDs with 1,450 stars, ~1,000 trails each; quick:
+1024x512 px with 250 stars).
 A run is a batch of CCD jobs (the exposure's CCDs, repeated as distinct exposures, i.e. rows
 with their own exposure number pointing at links to the same file) driven to the end by the
 real :class:`~driftwatch.service.dispatcher.Dispatcher` on a SQLite job table, with
@@ -26,7 +27,7 @@ Cores needed to keep up with DECam (61 CCDs every 45 s), extrapolated from these
 
 where ``t1`` is the median worker seconds of one CCD with 1 local worker and ``efficiency`` =
 speedup(N) / N measured at the largest N. It assumes the
-efficiency measured at N holds for more cores; in quick mode the CCDs are an eighth of the
+efficiency measured at N holds for more cores; in quick mode the CCDs are a sixteenth of the
 full size, so the figure is not DECam's.
 """
 
