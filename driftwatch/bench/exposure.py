@@ -467,7 +467,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "formula": "ceil(ccds * ccd_worker_s_median / (45 s * occupancy))",
     }
     if quick:
-        out["throughput"]["note"] = (f"quick mode: for {n_ccd} CCDs of an eighth of a full "
+        out["throughput"]["note"] = (f"quick mode: for {n_ccd} CCDs of a sixteenth of a full "
                                      "CCD's area, not a DECam exposure")
     out["load_average_1min"] = os.getloadavg()[0]
     return out
