@@ -240,3 +240,27 @@ def test_local_maxima_is_the_brute_force_one(shape) -> None:
         if ok:
             want.append(i)
     np.testing.assert_array_equal(_local_maxima(snr, 1.0), np.array(want, dtype=np.intp))
+
+
+@pytest.mark.parametrize("bin_x", [1, 2, 3])
+def test_box_gauss_rows_by_blocks_is_the_whole_image_filter(bin_x) -> None:
+    """Any block size (smaller than the halo, a partial last block, one block) gives the same
+    numbers, those of the whole-image box and ``ndi.correlate1d`` to float32 rounding."""
+    import scipy.ndimage as ndi
+
+    from driftwatch.science.trails import _box_gauss_rows, _gauss_taps
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(100.0, 10.0, (37, 50)).astype(np.float32)
+    bad = rng.random(img.shape) < 0.05
+    fill, lb = np.float32(95.0), 7
+    taps = _gauss_taps(1.9)
+    nb = img.shape[1] // bin_x
+    binned = np.where(bad, fill, img)[:, :nb * bin_x].reshape(37, nb, bin_x).sum(axis=2)
+    cs = np.cumsum(binned.astype(np.float64), axis=1)
+    box = np.concatenate([cs[:, lb - 1:lb], cs[:, lb:] - cs[:, :nb - lb]], axis=1)
+    want = ndi.correlate1d(box, taps.astype(np.float64), axis=0, mode="constant")
+    got = {b: _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=b) for b in (1, 3, 8, 16, 64)}
+    for b, out in got.items():
+        np.testing.assert_array_equal(out, got[64], err_msg=f"block {b}")
+    np.testing.assert_allclose(got[64], want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
