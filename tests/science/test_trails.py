@@ -8,6 +8,7 @@ import pytest
 from driftwatch.errors import ScienceError
 from driftwatch.science.background import Background, measure_background
 from driftwatch.science.geometry import DriftGeometry, drift_geometry
+from driftwatch.science import trails
 from driftwatch.science.trails import (detect_trails, trail_filter_map, trail_filter_reference)
 
 from ._synth import decam_like_wcs, render
@@ -154,7 +155,7 @@ def test_unflagged_cosmic_ray_tracks_are_not_trails_but_a_trail_they_hit_stays()
     assert det.n_compact >= 1
 
 
-def test_collinear_neighbours_are_split_into_two_trails():
+def test_collinear_neighbours_are_split_into_two_trails(monkeypatch):
     # Two stars on one row whose trails overlap along the drift give one filter maximum; the
     # along-trail profile shows the second trail beyond the first one's end.
     rng = np.random.default_rng(12)
@@ -173,6 +174,11 @@ def test_collinear_neighbours_are_split_into_two_trails():
     bg = measure_background(img, box=64, step=1)
     det = detect_trails(img, geom, bg, fwhm_px=FWHM, gain=4.0)
     assert det.n == len(singles)
+    # the two-trail search by blocks of detections: one detection per block, the same trails
+    monkeypatch.setattr(trails, "_PAIR_BLOCK", 1)
+    by_one = detect_trails(img, geom, bg, fwhm_px=FWHM, gain=4.0)
+    for name in ("x0", "y0", "snr", "flux"):
+        np.testing.assert_array_equal(getattr(by_one, name), getattr(det, name))
     for x, dx, y in pairs:
         on_row = np.flatnonzero(np.abs(det.y0 - y) < 1.0)
         assert on_row.size == 2
