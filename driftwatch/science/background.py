@@ -200,11 +200,16 @@ class RowScaling:
             rows[nfull * blk:] -= self.cb[k0 + nfull][None, :]
             rows[nfull * blk:] /= self.cr[k0 + nfull][None, :]
 
+    def odd_rows(self) -> np.ndarray:
+        """Return the rows whose factors differ from the constant ones (those :meth:`finish`
+        rewrites), int, shape (k,)."""
+        return np.flatnonzero((self.back_scale != self.ks0) | (self.rms_scale != self.rs0))
+
     def finish(self, data: np.ndarray) -> None:
         """Correct the rows whose factors differ from the constant ones, ``data`` (ny, m)."""
         ks0, rs0, blk = self.ks0, self.rs0, self.blk
         bs, rsc = self.back_scale, self.rms_scale
-        odd = np.flatnonzero((bs != ks0) | (rsc != rs0))
+        odd = self.odd_rows()
         if odd.size:
             b = self.cb[np.minimum(odd // blk, self.cb.shape[0] - 1)] / ks0
             r = self.cr[np.minimum(odd // blk, self.cr.shape[0] - 1)] / rs0

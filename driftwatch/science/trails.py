@@ -361,9 +361,18 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     # (Background.subtract_divide_rows, applied to each block of rows as it is filtered)
     scaling = background.row_scaling(x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
     block = scaling.blk * max(1, round(64 / scaling.blk))
-    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=scaling.apply)
+    # whether the map is finite, tested on each block while it is in the cache (rows that
+    # finish() rewrites again after it), not by a whole-map pass
+    finite = [True]
+
+    def post(rows: np.ndarray, r0: int) -> None:
+        scaling.apply(rows, r0)
+        if finite[0] and not np.isfinite(rows).all():
+            finite[0] = False
+
+    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=post)
     scaling.finish(filt)
-    if not np.isfinite(filt).all():
+    if not (finite[0] and np.isfinite(filt[scaling.odd_rows()]).all()):
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
         nonfinite = ~np.isfinite(img)
         if nonfinite.any() and not (mask is not None and not (nonfinite & ~mask).any()):
