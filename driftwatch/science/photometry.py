@@ -982,12 +982,15 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         ok = g.inside.copy()
         if dq is not None:
             ok &= read(dq) == 0
-        prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
-        w = np.where(ok, prof / var[rows], 0.0)
+        p_eval = profile.pixel(_mid_sample(g.d) if geom.along_x else g.d)
+        prof = np.broadcast_to(p_eval, g.d.shape)
+        # (the weights divided where the profile is evaluated, (n, 1, w) along x, then
+        # broadcast: the same quotients as dividing the broadcast profile)
+        w = np.where(ok, np.broadcast_to(p_eval / var[rows], g.d.shape), 0.0)
         # (product and sum over the short last axis fused: the same sums to float rounding)
         den = np.einsum("ijk,ijk->ij", w, prof)
-        pix = read(image).astype(float, copy=False)
-        pix -= sky_arr[rows]
+        # (float64 pixels minus the sky in one pass: the float32 values convert exactly)
+        pix = np.subtract(read(image), sky_arr[rows], dtype=float)
         f = np.einsum("ijk,ijk->ij", w, pix) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)
