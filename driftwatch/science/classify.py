@@ -57,7 +57,7 @@ import numpy as np
 from driftwatch.science.geometry import DriftGeometry
 
 __all__ = ["CLASSES", "Sources", "StreakLines", "bin2x2", "classify_sources", "find_streaks",
-           "line_mask", "psf_photometry", "streak_mask"]
+           "line_mask", "line_pixels", "psf_photometry", "streak_mask"]
 
 CLASSES: tuple[str, ...] = ("trail", "point", "streak", "cosmic_ray", "artefact")
 
@@ -1080,11 +1080,25 @@ def line_mask(shape: tuple[int, int], theta: np.ndarray, rho: np.ndarray, *,
 
     Lines are ``x cos(theta) + y sin(theta) = rho`` across the whole CCD; each is filled as
     one run of pixels per row (per column for a line closer to the x axis). ``out`` (bool,
-    ``shape``) is marked in place and returned when given.
+    ``shape``) is marked in place and returned when given. The pixels are those of
+    :func:`line_pixels`.
+    """
+    mask = np.zeros(shape, dtype=bool) if out is None else out
+    mask.reshape(-1)[line_pixels(shape, theta, rho, half_width=half_width)] = True
+    return mask
+
+
+def line_pixels(shape: tuple[int, int], theta: np.ndarray, rho: np.ndarray, *,
+                half_width: float) -> np.ndarray:
+    """Return the flat indices of the pixels within ``half_width`` (+0.5) of lines (theta, rho).
+
+    The pixels :func:`line_mask` marks, int64, shape (k,) (a pixel near several lines is
+    listed once per line): for a caller that changes only those pixels of a CCD-size image,
+    without a full-size mask and full-size passes over it.
     """
     ny, nx = shape
-    mask = np.zeros(shape, dtype=bool) if out is None else out
     hw = float(half_width) + 0.5  # a pixel touched by the band counts
+    parts = [np.zeros(0, np.int64)]
     for th, r0 in zip(np.atleast_1d(theta), np.atleast_1d(rho)):  # a few lines per CCD
         c, s_ = float(np.cos(th)), float(np.sin(th))
         # runs along the axis the line crosses more steeply
@@ -1102,8 +1116,5 @@ def line_mask(shape: tuple[int, int], theta: np.ndarray, rho: np.ndarray, *,
             continue
         run = np.repeat(np.arange(n_run), n)
         pos = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + np.repeat(v0, n)
-        if abs(c) >= abs(s_):
-            mask[run, pos] = True
-        else:
-            mask[pos, run] = True
-    return mask
+        parts.append(run * nx + pos if abs(c) >= abs(s_) else pos * nx + run)
+    return np.concatenate(parts)
