@@ -998,13 +998,21 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
     r_corner = corners_x * ct[None, :] + corners_y * st[None, :]
     rmin = float(r_corner.min()) - bin_px
     nr = int(np.ceil((float(r_corner.max()) - rmin) / bin_px)) + 2
-    off = (np.arange(thetas.size) * nr - rmin / bin_px).astype(np.float32)
-    # (int64 indices: bincount converts any other integer type first, slowly)
-    ri = np.multiply.outer(px.astype(np.float32), (ct / bin_px).astype(np.float32))
-    ri += np.multiply.outer(py.astype(np.float32), (st / bin_px).astype(np.float32))
-    ri += off
-    ri = ri.astype(np.int64)
-    acc = np.bincount(ri.ravel(), minlength=nr * thetas.size)
+    off = (np.arange(thetas.size) * nr - rmin / bin_px).astype(np.float32)[:, None]
+    ct32, st32 = (ct / bin_px).astype(np.float32), (st / bin_px).astype(np.float32)
+    px32, py32 = px.astype(np.float32), py.astype(np.float32)
+
+    def cells(pts: np.ndarray | slice) -> np.ndarray:
+        """Accumulator cells of points ``pts`` at every angle, (angles, points), int64."""
+        # angle-major, so the votes of one angle fall in one block of cells (the bincount
+        # then works in a few kB of its accumulator at a time: ~40% faster than
+        # point-major); int64, which bincount takes without converting
+        ri = np.multiply.outer(ct32, px32[pts])
+        ri += np.multiply.outer(st32, py32[pts])
+        ri += off
+        return ri.astype(np.int64)
+
+    acc = np.bincount(cells(slice(None)).ravel(), minlength=nr * thetas.size)
     # votes each angle's cells need (cell k has angle k // nr)
     need = np.full(thetas.size, min_votes, np.int64)
     if drift_angle is not None:
@@ -1042,7 +1050,7 @@ def find_streaks(data: np.ndarray, noise: float, masked: np.ndarray, *, bin_px: 
         am = 0.5 * (a0 + a1)
         idx = np.flatnonzero(alive)
         alive[idx[near]] = False
-        np.subtract.at(acc, ri[idx[near]].ravel(), 1)
+        np.subtract.at(acc, cells(idx[near]).ravel(), 1)   # (recomputed: the same cells)
         # a streak is continuous: most usable bins along it (across +-1 bin) are significant;
         # a chance alignment of faint sources is not
         a = np.arange(a0, a1 + bin_px, bin_px / 2)
