@@ -555,9 +555,8 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         if v.size >= min_calibration_points:
             med = _median(v)
             calib[j] = max(1.0, 1.4826 * _median(np.abs(v - med)))
-    # Z = S / calib (per template) is needed in full only for each star's extremes, and a
-    # division by a positive number keeps the order of (rounded) values: the extreme of Z is
-    # the extreme of S over each template's centres, divided by its calib
+    # Z = S / calib (per template) is needed in full only for each star's extremes: no
+    # full-size Z (see the hits below)
 
     # effective independent trials: stars x (samples / template width) x durations x signs
     mid = T[:, m // 2, :]
@@ -582,9 +581,15 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
         # slightly with duration on real data (red noise), and choosing by Z would then
         # bias the duration short and the amplitude high
         # (a dip's maximum of -Z is minus the minimum of Z: no negated full-size copy)
-        zmax = ((S.max(axis=2) / calib[None, :]).max(axis=1) if sign > 0 else
-                -(S.min(axis=2) / calib[None, :]).min(axis=1))
-        hit = np.flatnonzero(zmax > threshold)
+        # Every calib is >= 1, so |Z| <= |S| (rounding keeps the order): only a star whose
+        # S passes the threshold somewhere can have a Z that does, and its extreme of Z is
+        # the extreme of S over each template's centres divided by that template's calib
+        # (a division by a positive number keeps the order of rounded values)
+        s_ext = flat_s.max(axis=1) if sign > 0 else -flat_s.min(axis=1)
+        cand = np.flatnonzero(s_ext > threshold)
+        zmax = ((S[cand].max(axis=2) / calib[None, :]).max(axis=1) if sign > 0 else
+                -(S[cand].min(axis=2) / calib[None, :]).min(axis=1))
+        hit = cand[zmax > threshold]
         if hit.size == 0:
             continue
         best = (np.argmax(flat_s[hit], axis=1) if sign > 0 else
