@@ -626,10 +626,19 @@ def _fill_gaps(prof: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """Replace the ``bad`` samples of each row by linear interpolation of its good ones.
 
     Vectorised over rows: the nearest good sample on each side comes from running maxima
-    (minima) of the good samples' indices. Rows with no good sample are returned unchanged.
+    (minima) of the good samples' indices. Rows with no good sample are returned unchanged,
+    and so are rows with no bad one (only the others, usually few, are worked on).
     """
-    if not bad.any():
+    gaps = np.flatnonzero(bad.any(axis=1))
+    if gaps.size == 0:
         return prof
+    out = prof.copy()
+    out[gaps] = _fill_rows(prof[gaps], bad[gaps])
+    return out
+
+
+def _fill_rows(prof: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """:func:`_fill_gaps` of rows that all have a bad sample."""
     n, m = prof.shape
     idx = np.broadcast_to(np.arange(m), (n, m))
     left = np.maximum.accumulate(np.where(bad, -1, idx), axis=1)
@@ -957,7 +966,13 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # would read as a deep notch in the trail: filled from their neighbours for the model
     # fits below (the centroid above and the aperture sums use the pixels as they are)
     wsum = np.sum(wc, axis=1)[:, None]
-    cover_a = np.einsum("nac,nc->na", good.astype(np.float32), wc) / wsum
+    # (a window with every pixel good has all its weight: only the others are summed, the
+    # few with a masked pixel)
+    cover_a = np.ones(prof_a.shape)
+    some_bad = np.flatnonzero(~good.all(axis=(1, 2)))
+    if some_bad.size:
+        cover_a[some_bad] = np.einsum("nac,nc->na", good[some_bad].astype(np.float32),
+                                      wc[some_bad]) / wsum[some_bad]
     # (a window wholly on the CCD has all its weight there: only the others are summed)
     on_ccd = np.ones(prof_a.shape)
     if part.size:

@@ -209,12 +209,14 @@ def test_collinear_neighbours_are_split_into_two_trails(monkeypatch):
 def test_gap_filling_interpolates_masked_samples_row_by_row():
     from driftwatch.science.trails import _fill_gaps
 
-    prof = np.array([[0.0, 10.0, 0.0, 0.0, 40.0, 50.0], [5.0, 0.0, 7.0, 8.0, 9.0, 0.0]])
-    bad = np.array([[False, False, True, True, False, False],
+    prof = np.array([[0.0, 10.0, 0.0, 0.0, 40.0, 50.0], [1.0, 2.0, 0.0, 4.0, 5.0, 6.0],
+                     [5.0, 0.0, 7.0, 8.0, 9.0, 0.0]])
+    bad = np.array([[False, False, True, True, False, False], [False] * 6,
                     [False, True, False, False, False, True]])
     out = _fill_gaps(prof, bad)
     np.testing.assert_allclose(out[0], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
-    np.testing.assert_allclose(out[1], [5.0, 6.0, 7.0, 8.0, 9.0, 9.0])   # the end: nearest
+    np.testing.assert_array_equal(out[1], prof[1])                       # nothing to fill
+    np.testing.assert_allclose(out[2], [5.0, 6.0, 7.0, 8.0, 9.0, 9.0])   # the end: nearest
 
 
 def test_a_masked_column_does_not_hide_a_collinear_neighbour():
