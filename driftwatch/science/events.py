@@ -543,10 +543,13 @@ def search_events(flux: np.ndarray, err: np.ndarray, good: np.ndarray, t: np.nda
     valid = np.greater_equal(cover, min_cover, out=np.empty(cover.shape, bool))
     valid &= den > 0
     del cover
-    # (divisions only where valid, into zeros: the values of np.where(valid, num / ..., 0)
-    # without its full-size temporaries; these arrays are stars x templates x centres)
-    S = np.zeros(num.shape)
-    np.divide(num, np.sqrt(den, where=valid, out=np.ones(den.shape)), out=S, where=valid)
+    # (the values of np.where(valid, num / sqrt(den), 0) without its full-size temporaries:
+    # these arrays are stars x templates x centres; the square root and the division over
+    # all of them, then zeros where not valid, run ~2x faster than masked ufuncs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        S = np.sqrt(den)
+        np.divide(num, S, out=S)
+    np.copyto(S, 0.0, where=~valid)
 
     calib = np.ones(n_shapes)
     for j in range(n_shapes):  # a few dozen templates, not a loop over stars
