@@ -910,7 +910,10 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
             return out
         return read_blocks
 
-    def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
+    def windows(xi: np.ndarray, yi: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                        np.ndarray, np.ndarray]:
+        """The reader of the windows centred on ``xi, yi``, which pixels are on the CCD,
+        and the windows partly off it."""
         xs, ys = xi.astype(np.intp), yi.astype(np.intp)
         inside = np.ones((xs.size,) + off.shape, dtype=bool)
         # windows wholly on the CCD (nearly all) need no bounds test or clipping
@@ -923,7 +926,10 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
             inside[part] = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
             flat_part = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
             del ix, iy
-        read = reader(xs, ys, part, flat_part)
+        return reader(xs, ys, part, flat_part), inside, part
+
+    def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
+        read, inside, part = windows(xi, yi)
         vals = read(image)
         good = np.isfinite(vals)
         if part.size:
@@ -933,12 +939,21 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         sky = background.back_at(xi, yi).astype(np.float32)
         w = vals.astype(np.float32, copy=False) - sky[:, None, None]
         np.copyto(w, np.float32(0.0), where=~good)
-        return w, good, inside, read, part
+        return w, good, inside, part
 
-    w, good, inside, read, part = gather(xi, yi)
-    # saturated pixels of each window, read now (the reader is not kept)
-    sat_w = None if sat_mask is None else inside & read(sat_mask)
-    del read
+    w, good, inside, part = gather(xi, yi)
+    # saturated pixels of each window, read only for the windows whose rows (on the CCD)
+    # hold one (few: saturated stars and their bleed trails); the others have none
+    sat_w = None
+    if sat_mask is not None:
+        sat_w = np.zeros(w.shape, dtype=bool)
+        rows_sat = np.concatenate([[0], np.cumsum(sat_mask.any(axis=1))])
+        top = np.clip(yi.astype(np.intp) + lo_y, 0, ny - 1)
+        bottom = np.clip(yi.astype(np.intp) + hi_y, 0, ny - 1)
+        hold = np.flatnonzero(rows_sat[bottom + 1] > rows_sat[top])
+        if hold.size:
+            read_hold, inside_hold, _ = windows(xi[hold], yi[hold])
+            sat_w[hold] = inside_hold & read_hold(sat_mask)
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
