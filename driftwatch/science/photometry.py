@@ -556,9 +556,12 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     else:
         flags |= FLAG_NODQ
         core_bad = np.zeros(g.s.shape, dtype=np.int64)
-    sat = (data >= saturate) & g.inside & (prof > 1e-3)
-    flags |= np.where(_any_across(sat), FLAG_SATURATED, 0).astype(np.uint16)
-    w_ok &= ~sat
+    # (only the trails with a pixel at or above saturation, few, are flagged and masked)
+    hot = np.flatnonzero((data >= saturate).any(axis=(1, 2)))
+    if hot.size:
+        sat = (data[hot] >= saturate) & g.inside[hot] & (prof[hot] > 1e-3)
+        flags[hot] |= np.where(_any_across(sat), FLAG_SATURATED, 0).astype(np.uint16)
+        w_ok[hot] &= ~sat
     if labels is not None:
         own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
         # (where several trails cover a pixel it reads as the sentinel, never equal to own)
