@@ -281,13 +281,15 @@ def mask_from_dq(dq: np.ndarray | None, image: np.ndarray, saturate: float | Non
         # only -inf escapes it, and a min() (no temporary) tells whether any is there
         below = np.less(img, saturate)
         lo = img.min() if img.size else 0.0
-        if saturated is not None:
+        if saturated is not None and not np.isnan(lo):
             # without NaN (a NaN minimum says whether there is one), not below is at or above
-            if np.isnan(lo):
+            # saturation: the masked pixels are those too
+            np.logical_not(below, out=saturated)
+            mask |= saturated
+        else:
+            if saturated is not None:
                 np.greater_equal(img, saturate, out=saturated)
-            else:
-                np.logical_not(below, out=saturated)
-        mask |= np.logical_not(below, out=below)
+            mask |= np.logical_not(below, out=below)
         if np.isnan(lo) or np.isneginf(lo):
             mask |= ~np.isfinite(img)
     else:
