@@ -482,12 +482,21 @@ def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
     # comparisons of adjacent columns (contiguous), ~4x cheaper than gathering the
     # neighbours of the ~400,000 pixels above the threshold; a neighbour beyond the edge is
     # the pixel itself, which keeps it.
-    cand = s > threshold
-    if nx > 1:
-        cand[:, 1:] &= s[:, 1:] > s[:, :-1]
-        cand[:, :-1] &= s[:, :-1] >= s[:, 1:]
-    idx = np.flatnonzero(cand)
-    del cand
+    # (by blocks of rows, whose comparisons stay in the CPU cache)
+    parts = []
+    block = 64
+    cand = np.empty((block, nx), dtype=bool)
+    tmp = np.empty((block, max(nx - 1, 0)), dtype=bool)
+    for r0 in range(0, ny, block):
+        sb = s[r0:r0 + block]
+        c = np.greater(sb, threshold, out=cand[:sb.shape[0]])
+        if nx > 1:
+            t = tmp[:sb.shape[0]]
+            c[:, 1:] &= np.greater(sb[:, 1:], sb[:, :-1], out=t)
+            c[:, :-1] &= np.greater_equal(sb[:, :-1], sb[:, 1:], out=t)
+        parts.append(np.flatnonzero(c) + r0 * nx)
+    idx = np.concatenate(parts) if parts else np.zeros(0, np.intp)
+    del cand, tmp
     r, c = np.divmod(idx, nx)
     v = flat[idx]
 

@@ -239,7 +239,7 @@ def test_a_masked_column_does_not_hide_a_collinear_neighbour():
     assert on_row.size == 2 and np.allclose(on_row, [240.3, 256.0], atol=0.5)
 
 
-@pytest.mark.parametrize("shape", [(40, 33), (1, 7), (6, 1)])
+@pytest.mark.parametrize("shape", [(40, 33), (1, 7), (6, 1), (150, 5)])
 def test_local_maxima_is_the_brute_force_one(shape) -> None:
     """Above the threshold, above the earlier 8-neighbours and at least the later ones
     (ties go to the lower flat index; a neighbour beyond the edge is the pixel itself)."""
