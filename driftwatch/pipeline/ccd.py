@@ -196,7 +196,7 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
     from driftwatch.science.astrometry import match_trails
     from driftwatch.science.background import dq_in, mask_from_dq, measure_background
     from driftwatch.science.classify import (
-        bin2x2, classify_sources, find_streaks, line_mask, streak_mask,
+        bin2x2, classify_sources, find_streaks, line_pixels,
     )
     from driftwatch.science.events import (
         clear_of_flagged, clear_of_neighbours, duration_grid, search_events,
@@ -294,14 +294,19 @@ def _reduce(task: CcdTask, timer: _Timer) -> CcdResult:
         trail_class = np.full(n, "trail", dtype=object)
         has = src.trail >= 0
         trail_class[src.trail[has]] = np.where(src.cls[has] == "point", "point", "trail")
-        streaks = line_mask(image.shape, lines.theta, lines.rho, half_width=1.5 * fwhm,
-                            out=streak_mask(image.shape, src, half_width=1.5 * fwhm))
-        if streaks.any():
+        # the pixels near every streak's line (the segments' and the Hough lines'), as
+        # flat indices: a few thousand pixels, not a full-size mask
+        on_streak = line_pixels(image.shape,
+                                np.concatenate([src.line_theta[seg_lines], lines.theta]),
+                                np.concatenate([src.line_rho[seg_lines], lines.rho]),
+                                half_width=1.5 * fwhm)
+        if on_streak.size:
             # samples crossed by a satellite streak are flagged (CP code 8) and never searched
             dq = np.zeros(image.shape, np.uint8) if dq is None else dq.copy()
-            dq[streaks & (dq == 0)] = 8
+            flat_dq = dq.reshape(-1)
+            flat_dq[on_streak[flat_dq[on_streak] == 0]] = 8
             notes.append(f"{len(lines.theta) + int(seg_lines.sum())} streak(s) masked")
-        del streaks  # full size, and no later stage reads it (dq carries the streaks)
+        del on_streak
     with timer.stage("sky"):
         sky = local_sky(image, det.x0, det.y0, geom, inner=radius, outer=radius + 6.0,
                         covered=covered, dq=dq, fallback=bg.back_at(det.xc, det.yc))

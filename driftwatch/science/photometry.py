@@ -556,9 +556,12 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     else:
         flags |= FLAG_NODQ
         core_bad = np.zeros(g.s.shape, dtype=np.int64)
-    sat = (data >= saturate) & g.inside & (prof > 1e-3)
-    flags |= np.where(_any_across(sat), FLAG_SATURATED, 0).astype(np.uint16)
-    w_ok &= ~sat
+    # (only the trails with a pixel at or above saturation, few, are flagged and masked)
+    hot = np.flatnonzero((data >= saturate).any(axis=(1, 2)))
+    if hot.size:
+        sat = (data[hot] >= saturate) & g.inside[hot] & (prof[hot] > 1e-3)
+        flags[hot] |= np.where(_any_across(sat), FLAG_SATURATED, 0).astype(np.uint16)
+        w_ok[hot] &= ~sat
     if labels is not None:
         own = np.arange(label_offset + 1, label_offset + n + 1, dtype=np.int32)[:, None, None]
         # (where several trails cover a pixel it reads as the sentinel, never equal to own)
@@ -591,28 +594,33 @@ def _extract_block(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: Drif
     # response depend on brightness; it gains little SNR for the bright stars it affects.)
     # The errors use the full variance, source included.
     pv = prof / var_sky
-    f = np.zeros(g.s.shape)
-    for it in range(2):
-        a = w * pv
-        den = dot2(a, prof)
-        f = np.where(den > 0, dot2(a, d) / np.where(den > 0, den, 1.0), 0.0)
-        if it == 0:
-            model = f.astype(f32)[:, :, None] * prof
-            var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
-            z2 = w * (d - model) ** 2 / (var + (f32(model_error) * model) ** 2)
-            # (the maximum over a pixel row by w - 1 elementwise passes: a reduction over
-            # the short last axis costs a loop per sample)
-            worst = z2[:, :, :1].copy()
-            for j in range(1, z2.shape[2]):
-                np.maximum(worst, z2[:, :, j:j + 1], out=worst)
-            reject = (z2 >= worst) & (worst > clip_sigma ** 2)
-            del model, var, z2
-            if not reject.any():
-                break
-            flags |= np.where(_any_across(reject), FLAG_OUTLIER, 0).astype(np.uint16)
-            w = np.where(reject, f32(0.0), w)
+
+    def fit_flux(a: np.ndarray, p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The flux of each sample for weights ``a`` and profile ``p``, and sum(a p)."""
+        den = dot2(a, p)
+        return np.where(den > 0, dot2(a, d) / np.where(den > 0, den, 1.0), 0.0), den
+
     a = w * pv
-    den = dot2(a, prof)
+    f, den = fit_flux(a, prof, d)
+    # one rejection pass: the worst pixel of a sample, if far off the fitted profile
+    model = f.astype(f32)[:, :, None] * prof
+    var = var_sky + np.maximum(model, f32(0.0)) * inv_gain
+    z2 = w * (d - model) ** 2 / (var + (f32(model_error) * model) ** 2)
+    # (the maximum over a pixel row by w - 1 elementwise passes: a reduction over
+    # the short last axis costs a loop per sample)
+    worst = z2[:, :, :1].copy()
+    for j in range(1, z2.shape[2]):
+        np.maximum(worst, z2[:, :, j:j + 1], out=worst)
+    reject = (z2 >= worst) & (worst > clip_sigma ** 2)
+    del model, var, z2
+    hit = np.flatnonzero(reject.any(axis=(1, 2)))
+    if hit.size:
+        flags |= np.where(_any_across(reject), FLAG_OUTLIER, 0).astype(np.uint16)
+        # the fit again for the trails that lost a pixel (the others' weights, flux and
+        # normalisation are unchanged: the same numbers, not computed twice)
+        w[hit] = np.where(reject[hit], f32(0.0), w[hit])
+        a[hit] = w[hit] * pv[hit]
+        f[hit], den[hit] = fit_flux(a[hit], prof[hit], d[hit])
     safe = np.where(den > 0, den, 1.0)
     fit = f.astype(f32)[:, :, None] * prof
     var = var_sky + np.maximum(fit, f32(0.0)) * inv_gain
@@ -982,12 +990,15 @@ def end_excess(image: np.ndarray, x0: np.ndarray, y0: np.ndarray, geom: DriftGeo
         ok = g.inside.copy()
         if dq is not None:
             ok &= read(dq) == 0
-        prof = np.broadcast_to(profile.pixel(_mid_sample(g.d) if geom.along_x else g.d), g.d.shape)
-        w = np.where(ok, prof / var[rows], 0.0)
+        p_eval = profile.pixel(_mid_sample(g.d) if geom.along_x else g.d)
+        prof = np.broadcast_to(p_eval, g.d.shape)
+        # (the weights divided where the profile is evaluated, (n, 1, w) along x, then
+        # broadcast: the same quotients as dividing the broadcast profile)
+        w = np.where(ok, np.broadcast_to(p_eval / var[rows], g.d.shape), 0.0)
         # (product and sum over the short last axis fused: the same sums to float rounding)
         den = np.einsum("ijk,ijk->ij", w, prof)
-        pix = read(image).astype(float, copy=False)
-        pix -= sky_arr[rows]
+        # (float64 pixels minus the sky in one pass: the float32 values convert exactly)
+        pix = np.subtract(read(image), sky_arr[rows], dtype=float)
         f = np.einsum("ijk,ijk->ij", w, pix) / np.where(den > 0, den, 1.0)
         # minus the star's own PSF wing beyond its end
         s_along = start + np.arange(g.s.shape[1], dtype=float)

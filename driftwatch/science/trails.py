@@ -71,6 +71,8 @@ _SPLIT_MIN_FWHM = 2.0
 #: would split single stars).
 _SPLIT_MIN_SHARE = 0.02
 _SHIFT_STEP = 0.5
+#: Detections x trail pairs per block of the two-trail search (256 kB of float64).
+_PAIR_BLOCK = 32768
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,8 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
     Every step is row-local but the Gaussian, which needs ``h`` rows of box on each side: a
     block of rows plus that halo stays in the CPU cache through all steps, instead of four
     whole-image float32 temporaries (binned, running sum, box, filtered) and a strided
-    filter pass along axis 0 (3x slower than along rows).
+    filter pass along axis 0 (3x slower than along rows). The halo's ``2 h`` rows of box are
+    carried from one block to the next rather than computed twice.
     """
     ny, nx = img.shape
     nb = nx // bin_x
@@ -255,31 +258,49 @@ def _box_gauss_rows(img: np.ndarray, bad: np.ndarray | None, fill: np.float32, b
     fw = taps.astype(np.float32)
     out = np.empty((ny, m), dtype=np.float32)
     nrow = block + 2 * h
+    pix = np.empty((nrow, nb * bin_x), dtype=np.float32)
     binned = np.empty((nrow, nb), dtype=np.float32)
     csum = np.empty((nrow, nb), dtype=np.float32)
     # float32 throughout: the S/N map is float32 anyway and float64 passes cost twice the
     # memory traffic (the response differs from a float64 sum in the last digit only)
     box = np.zeros((nrow, m), dtype=np.float32)
     tmp = np.empty((block, m), dtype=np.float32)
+
+    def box_rows(lo: int, hi: int, dst: np.ndarray) -> None:
+        """Box sums of CCD rows ``lo .. hi`` into ``dst`` (hi - lo, m)."""
+        k = hi - lo
+        p, bn = pix[:k], binned[:k]
+        # the rows copied, their bad pixels filled, then the columns summed in bins: one
+        # contiguous pass for the fill instead of a strided np.where per column phase
+        np.copyto(p, img[lo:hi, :nb * bin_x])
+        if bad is not None:
+            np.copyto(p, fill, where=bad[lo:hi, :nb * bin_x])
+        if bin_x == 1:
+            bn[...] = p
+        else:
+            np.add(p[:, 0::bin_x], p[:, 1::bin_x], out=bn)
+            for q in range(2, bin_x):
+                bn += p[:, q::bin_x]
+        cs = np.cumsum(bn, axis=1, dtype=np.float32, out=csum[:k])
+        dst[:, 0] = cs[:, lb - 1]
+        np.subtract(cs[:, lb:], cs[:, :nb - lb], out=dst[:, 1:])
+
+    # box buffer row i holds CCD row r0 - h + i; rows beyond the image stay zero (mode
+    # "constant")
     for r0 in range(0, ny, block):
         r1 = min(ny, r0 + block)
-        # box rows r0 - h .. r1 + h (those beyond the image stay zero: mode "constant")
-        lo, hi = max(0, r0 - h), min(ny, r1 + h)
-        k = hi - lo
-        off = lo - (r0 - h)
-        bn = binned[:k]
-        bn[...] = 0.0
-        for q in range(bin_x):
-            sl = img[lo:hi, q:nb * bin_x:bin_x]
-            bn += sl if bad is None else np.where(bad[lo:hi, q:nb * bin_x:bin_x], fill, sl)
-        cs = np.cumsum(bn, axis=1, dtype=np.float32, out=csum[:k])
-        bx = box[off:off + k]
-        bx[:, 0] = cs[:, lb - 1]
-        np.subtract(cs[:, lb:], cs[:, :nb - lb], out=bx[:, 1:])
-        if off:
-            box[:off] = 0.0
-        if off + k < nrow:
-            box[off + k:] = 0.0
+        if r0 == 0:
+            lo = 0
+        else:
+            # rows r0 - h .. r0 + h, the previous block's bottom halo, are computed already
+            box[:2 * h] = box[block:block + 2 * h]
+            lo = r0 + h
+        hi = min(ny, r1 + h)
+        base = r0 - h
+        if hi > lo:
+            box_rows(lo, hi, box[lo - base:hi - base])
+        if hi - base < nrow:
+            box[max(hi, lo) - base:] = 0.0
         n = r1 - r0
         a, t = out[r0:r1], tmp[:n]
         np.multiply(box[h:h + n], fw[h], out=a)
@@ -340,9 +361,18 @@ def trail_filter_map(image: np.ndarray, background: Background, mask: np.ndarray
     # (Background.subtract_divide_rows, applied to each block of rows as it is filtered)
     scaling = background.row_scaling(x_of_col, (bin_x * lb) * ksum_rows, norm_rows)
     block = scaling.blk * max(1, round(64 / scaling.blk))
-    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=scaling.apply)
+    # whether the map is finite, tested on each block while it is in the cache (rows that
+    # finish() rewrites again after it), not by a whole-map pass
+    finite = [True]
+
+    def post(rows: np.ndarray, r0: int) -> None:
+        scaling.apply(rows, r0)
+        if finite[0] and not np.isfinite(rows).all():
+            finite[0] = False
+
+    filt = _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=block, post=post)
     scaling.finish(filt)
-    if not np.isfinite(filt).all():
+    if not (finite[0] and np.isfinite(filt[scaling.odd_rows()]).all()):
         # Non-finite pixels not covered by the mask: mask them and filter again (rare).
         nonfinite = ~np.isfinite(img)
         if nonfinite.any() and not (mask is not None and not (nonfinite & ~mask).any()):
@@ -452,12 +482,21 @@ def _local_maxima(snr: np.ndarray, threshold: float) -> np.ndarray:
     # comparisons of adjacent columns (contiguous), ~4x cheaper than gathering the
     # neighbours of the ~400,000 pixels above the threshold; a neighbour beyond the edge is
     # the pixel itself, which keeps it.
-    cand = s > threshold
-    if nx > 1:
-        cand[:, 1:] &= s[:, 1:] > s[:, :-1]
-        cand[:, :-1] &= s[:, :-1] >= s[:, 1:]
-    idx = np.flatnonzero(cand)
-    del cand
+    # (by blocks of rows, whose comparisons stay in the CPU cache)
+    parts = []
+    block = 64
+    cand = np.empty((block, nx), dtype=bool)
+    tmp = np.empty((block, max(nx - 1, 0)), dtype=bool)
+    for r0 in range(0, ny, block):
+        sb = s[r0:r0 + block]
+        c = np.greater(sb, threshold, out=cand[:sb.shape[0]])
+        if nx > 1:
+            t = tmp[:sb.shape[0]]
+            c[:, 1:] &= np.greater(sb[:, 1:], sb[:, :-1], out=t)
+            c[:, :-1] &= np.greater_equal(sb[:, :-1], sb[:, 1:], out=t)
+        parts.append(np.flatnonzero(c) + r0 * nx)
+    idx = np.concatenate(parts) if parts else np.zeros(0, np.intp)
+    del cand, tmp
     r, c = np.divmod(idx, nx)
     v = flat[idx]
 
@@ -596,10 +635,19 @@ def _fill_gaps(prof: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """Replace the ``bad`` samples of each row by linear interpolation of its good ones.
 
     Vectorised over rows: the nearest good sample on each side comes from running maxima
-    (minima) of the good samples' indices. Rows with no good sample are returned unchanged.
+    (minima) of the good samples' indices. Rows with no good sample are returned unchanged,
+    and so are rows with no bad one (only the others, usually few, are worked on).
     """
-    if not bad.any():
+    gaps = np.flatnonzero(bad.any(axis=1))
+    if gaps.size == 0:
         return prof
+    out = prof.copy()
+    out[gaps] = _fill_rows(prof[gaps], bad[gaps])
+    return out
+
+
+def _fill_rows(prof: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """:func:`_fill_gaps` of rows that all have a bad sample."""
     n, m = prof.shape
     idx = np.broadcast_to(np.arange(m), (n, m))
     left = np.maximum.accumulate(np.where(bad, -1, idx), axis=1)
@@ -704,15 +752,30 @@ def _collinear_split(prof_a: np.ndarray, a: np.ndarray, half_len: float, sigma: 
         i, j = i[keep], j[keep]
         gii, gjj, gij = gram[i, i], gram[j, j], gram[i, j]
         det = gii * gjj - gij * gij
-        pi, pj = proj[:, i], proj[:, j]                                      # (k, np)
-        a1 = (gjj * pi - gij * pj) / det
-        a2 = (gii * pj - gij * pi) / det
-        r2 = np.where((a1 > 0) & (a2 > 0), a1 * pi + a2 * pj, 0.0)
-        best = np.argmax(r2, axis=1)
-        k = np.arange(prof.shape[0])
-        r2b = r2[k, best]
+        # the two-trail fits of every pair, by blocks of detections: the (rows, pairs)
+        # temporaries then stay in the CPU cache (whole, they were ~3 MB each and this
+        # search memory-bound); the same operations on each element
+        nk = prof.shape[0]
+        best = np.empty(nk, np.intp)
+        r2b, a1b, a2b = np.empty(nk), np.empty(nk), np.empty(nk)
+        rows = max(1, _PAIR_BLOCK // max(i.size, 1))
+        for b0 in range(0, nk, rows):
+            b1 = min(nk, b0 + rows)
+            pi, pj = proj[b0:b1, i], proj[b0:b1, j]                      # (rows, np)
+            a1 = gjj * pi                           # a1 = (gjj pi - gij pj) / det
+            a1 -= gij * pj
+            a1 /= det
+            a2 = gii * pj                           # a2 = (gii pj - gij pi) / det
+            a2 -= gij * pi
+            a2 /= det
+            r2 = np.multiply(a1, pi, out=pi)        # a1 pi + a2 pj, 0 unless both > 0
+            r2 += a2 * pj
+            r2[~((a1 > 0) & (a2 > 0))] = 0.0
+            kb = np.argmax(r2, axis=1)
+            rr = np.arange(b1 - b0)
+            best[b0:b1] = kb
+            r2b[b0:b1], a1b[b0:b1], a2b[b0:b1] = r2[rr, kb], a1[rr, kb], a2[rr, kb]
         f_ratio = (r2b - r1) / (np.maximum(total - r2b, 1e-300) / max(na - 4, 1))
-        a1b, a2b = a1[k, best], a2[k, best]
         faint = np.where(a1b < a2b, a1b * np.sqrt(gii[best]), a2b * np.sqrt(gjj[best]))
         share = np.minimum(a1b, a2b) / np.maximum(a1b + a2b, 1e-300)
         return t[i[best]], t[j[best]], f_ratio, faint / np.sqrt(var), share
@@ -856,7 +919,10 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
             return out
         return read_blocks
 
-    def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
+    def windows(xi: np.ndarray, yi: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                        np.ndarray, np.ndarray]:
+        """The reader of the windows centred on ``xi, yi``, which pixels are on the CCD,
+        and the windows partly off it."""
         xs, ys = xi.astype(np.intp), yi.astype(np.intp)
         inside = np.ones((xs.size,) + off.shape, dtype=bool)
         # windows wholly on the CCD (nearly all) need no bounds test or clipping
@@ -869,7 +935,10 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
             inside[part] = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
             flat_part = np.clip(iy, 0, ny - 1) * nx + np.clip(ix, 0, nx - 1)
             del ix, iy
-        read = reader(xs, ys, part, flat_part)
+        return reader(xs, ys, part, flat_part), inside, part
+
+    def gather(xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, ...]:
+        read, inside, part = windows(xi, yi)
         vals = read(image)
         good = np.isfinite(vals)
         if part.size:
@@ -879,12 +948,21 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
         sky = background.back_at(xi, yi).astype(np.float32)
         w = vals.astype(np.float32, copy=False) - sky[:, None, None]
         np.copyto(w, np.float32(0.0), where=~good)
-        return w, good, inside, read, part
+        return w, good, inside, part
 
-    w, good, inside, read, part = gather(xi, yi)
-    # saturated pixels of each window, read now (the reader is not kept)
-    sat_w = None if sat_mask is None else inside & read(sat_mask)
-    del read
+    w, good, inside, part = gather(xi, yi)
+    # saturated pixels of each window, read only for the windows whose rows (on the CCD)
+    # hold one (few: saturated stars and their bleed trails); the others have none
+    sat_w = None
+    if sat_mask is not None:
+        sat_w = np.zeros(w.shape, dtype=bool)
+        rows_sat = np.concatenate([[0], np.cumsum(sat_mask.any(axis=1))])
+        top = np.clip(yi.astype(np.intp) + lo_y, 0, ny - 1)
+        bottom = np.clip(yi.astype(np.intp) + hi_y, 0, ny - 1)
+        hold = np.flatnonzero(rows_sat[bottom + 1] > rows_sat[top])
+        if hold.size:
+            read_hold, inside_hold, _ = windows(xi[hold], yi[hold])
+            sat_w[hold] = inside_hold & read_hold(sat_mask)
     in_trail = (np.abs(a) <= half_len + fwhm_px).astype(np.float32)
 
     # Across the trail: Gaussian-windowed centroid (converges on the centre of a symmetric
@@ -912,7 +990,13 @@ def _refine(image: np.ndarray, mask: np.ndarray | None, sat_mask: np.ndarray | N
     # would read as a deep notch in the trail: filled from their neighbours for the model
     # fits below (the centroid above and the aperture sums use the pixels as they are)
     wsum = np.sum(wc, axis=1)[:, None]
-    cover_a = np.einsum("nac,nc->na", good.astype(np.float32), wc) / wsum
+    # (a window with every pixel good has all its weight: only the others are summed, the
+    # few with a masked pixel)
+    cover_a = np.ones(prof_a.shape)
+    some_bad = np.flatnonzero(~good.all(axis=(1, 2)))
+    if some_bad.size:
+        cover_a[some_bad] = np.einsum("nac,nc->na", good[some_bad].astype(np.float32),
+                                      wc[some_bad]) / wsum[some_bad]
     # (a window wholly on the CCD has all its weight there: only the others are summed)
     on_ccd = np.ones(prof_a.shape)
     if part.size:

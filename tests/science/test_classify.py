@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftwatch.science.classify import bin2x2, classify_sources, find_streaks, line_mask
+from driftwatch.science.classify import (bin2x2, classify_sources, find_streaks, line_mask,
+                                         line_pixels)
 from tests.science._science2_synth import geometry, pix_gauss, render
 
 SIG = 1.8
@@ -180,6 +181,14 @@ def test_line_mask_marks_the_band_around_each_line():
         m = line_mask(shape, np.array([th]), np.array([rho]), half_width=4.0)
         d = np.abs(xx * np.cos(th) + yy * np.sin(th) - rho)
         assert m[d <= 4.0].all() and not m[d > 4.6].any()
+    # several lines at once: their pixels, each once per line
+    th, rho = np.array([0.3, 1.9, 0.0]), np.array([40.0, 30.0, 45.0])
+    idx = line_pixels(shape, th, rho, half_width=4.0)
+    np.testing.assert_array_equal(np.unique(idx),
+                                  np.flatnonzero(line_mask(shape, th, rho, half_width=4.0)))
+    assert idx.size == sum(line_mask(shape, th[i:i + 1], rho[i:i + 1], half_width=4.0).sum()
+                           for i in range(3))
+    assert line_pixels(shape, np.zeros(0), np.zeros(0), half_width=4.0).size == 0
 
 
 def test_cosmic_ray_on_a_trail_is_no_flash():

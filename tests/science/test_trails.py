@@ -8,6 +8,7 @@ import pytest
 from driftwatch.errors import ScienceError
 from driftwatch.science.background import Background, measure_background
 from driftwatch.science.geometry import DriftGeometry, drift_geometry
+from driftwatch.science import trails
 from driftwatch.science.trails import (detect_trails, trail_filter_map, trail_filter_reference)
 
 from ._synth import decam_like_wcs, render
@@ -60,6 +61,23 @@ def test_fast_filter_gives_masked_pixels_zero_weight():
     a = trail_filter_map(img, bg, mask, _geometry(), FWHM).snr
     b = trail_filter_map(spoiled, bg, mask, _geometry(), FWHM).snr
     np.testing.assert_array_equal(a, b)
+
+
+def test_unmasked_non_finite_pixels_are_masked():
+    # a NaN the mask missed (in a block in the middle of the map, and in the top rows whose
+    # truncated filter is corrected last) makes the map non-finite: it is filtered again
+    # with that pixel masked
+    img = render(200, 160, [(120.0, 82.0, 100.3, 5000.0)], sigma=SIGMA, seed=3)
+    mask = np.zeros(img.shape, dtype=bool)
+    bg = measure_background(img, mask, box=32, step=1)
+    for y, x in ((100, 40), (1, 30)):
+        spoiled = img.copy()
+        spoiled[y, x] = np.nan
+        masked = mask.copy()
+        masked[y, x] = True
+        got = trail_filter_map(spoiled, bg, mask, _geometry(), FWHM).snr
+        np.testing.assert_array_equal(got, trail_filter_map(img, bg, masked, _geometry(),
+                                                            FWHM).snr)
 
 
 def test_pure_noise_gives_almost_no_detection_and_calibrated_noise():
@@ -154,7 +172,7 @@ def test_unflagged_cosmic_ray_tracks_are_not_trails_but_a_trail_they_hit_stays()
     assert det.n_compact >= 1
 
 
-def test_collinear_neighbours_are_split_into_two_trails():
+def test_collinear_neighbours_are_split_into_two_trails(monkeypatch):
     # Two stars on one row whose trails overlap along the drift give one filter maximum; the
     # along-trail profile shows the second trail beyond the first one's end.
     rng = np.random.default_rng(12)
@@ -173,6 +191,11 @@ def test_collinear_neighbours_are_split_into_two_trails():
     bg = measure_background(img, box=64, step=1)
     det = detect_trails(img, geom, bg, fwhm_px=FWHM, gain=4.0)
     assert det.n == len(singles)
+    # the two-trail search by blocks of detections: one detection per block, the same trails
+    monkeypatch.setattr(trails, "_PAIR_BLOCK", 1)
+    by_one = detect_trails(img, geom, bg, fwhm_px=FWHM, gain=4.0)
+    for name in ("x0", "y0", "snr", "flux"):
+        np.testing.assert_array_equal(getattr(by_one, name), getattr(det, name))
     for x, dx, y in pairs:
         on_row = np.flatnonzero(np.abs(det.y0 - y) < 1.0)
         assert on_row.size == 2
@@ -186,12 +209,14 @@ def test_collinear_neighbours_are_split_into_two_trails():
 def test_gap_filling_interpolates_masked_samples_row_by_row():
     from driftwatch.science.trails import _fill_gaps
 
-    prof = np.array([[0.0, 10.0, 0.0, 0.0, 40.0, 50.0], [5.0, 0.0, 7.0, 8.0, 9.0, 0.0]])
-    bad = np.array([[False, False, True, True, False, False],
+    prof = np.array([[0.0, 10.0, 0.0, 0.0, 40.0, 50.0], [1.0, 2.0, 0.0, 4.0, 5.0, 6.0],
+                     [5.0, 0.0, 7.0, 8.0, 9.0, 0.0]])
+    bad = np.array([[False, False, True, True, False, False], [False] * 6,
                     [False, True, False, False, False, True]])
     out = _fill_gaps(prof, bad)
     np.testing.assert_allclose(out[0], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0])
-    np.testing.assert_allclose(out[1], [5.0, 6.0, 7.0, 8.0, 9.0, 9.0])   # the end: nearest
+    np.testing.assert_array_equal(out[1], prof[1])                       # nothing to fill
+    np.testing.assert_allclose(out[2], [5.0, 6.0, 7.0, 8.0, 9.0, 9.0])   # the end: nearest
 
 
 def test_a_masked_column_does_not_hide_a_collinear_neighbour():
@@ -214,7 +239,7 @@ def test_a_masked_column_does_not_hide_a_collinear_neighbour():
     assert on_row.size == 2 and np.allclose(on_row, [240.3, 256.0], atol=0.5)
 
 
-@pytest.mark.parametrize("shape", [(40, 33), (1, 7), (6, 1)])
+@pytest.mark.parametrize("shape", [(40, 33), (1, 7), (6, 1), (150, 5)])
 def test_local_maxima_is_the_brute_force_one(shape) -> None:
     """Above the threshold, above the earlier 8-neighbours and at least the later ones
     (ties go to the lower flat index; a neighbour beyond the edge is the pixel itself)."""
@@ -240,3 +265,27 @@ def test_local_maxima_is_the_brute_force_one(shape) -> None:
         if ok:
             want.append(i)
     np.testing.assert_array_equal(_local_maxima(snr, 1.0), np.array(want, dtype=np.intp))
+
+
+@pytest.mark.parametrize("bin_x", [1, 2, 3])
+def test_box_gauss_rows_by_blocks_is_the_whole_image_filter(bin_x) -> None:
+    """Any block size (smaller than the halo, a partial last block, one block) gives the same
+    numbers, those of the whole-image box and ``ndi.correlate1d`` to float32 rounding."""
+    import scipy.ndimage as ndi
+
+    from driftwatch.science.trails import _box_gauss_rows, _gauss_taps
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(100.0, 10.0, (37, 50)).astype(np.float32)
+    bad = rng.random(img.shape) < 0.05
+    fill, lb = np.float32(95.0), 7
+    taps = _gauss_taps(1.9)
+    nb = img.shape[1] // bin_x
+    binned = np.where(bad, fill, img)[:, :nb * bin_x].reshape(37, nb, bin_x).sum(axis=2)
+    cs = np.cumsum(binned.astype(np.float64), axis=1)
+    box = np.concatenate([cs[:, lb - 1:lb], cs[:, lb:] - cs[:, :nb - lb]], axis=1)
+    want = ndi.correlate1d(box, taps.astype(np.float64), axis=0, mode="constant")
+    got = {b: _box_gauss_rows(img, bad, fill, bin_x, lb, taps, block=b) for b in (1, 3, 8, 16, 64)}
+    for b, out in got.items():
+        np.testing.assert_array_equal(out, got[64], err_msg=f"block {b}")
+    np.testing.assert_allclose(got[64], want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
