@@ -120,6 +120,11 @@ class LocalExecutor:
         except BrokenProcessPool:
             self._broken = True
             raise
+        except (OSError, EOFError) as exc:
+            # A pool whose worker just died can fail to start the replacement (its fork-server
+            # connection or a pipe already closed) before it knows it is broken: the same case.
+            self._broken = True
+            raise BrokenProcessPool(f"the pool cannot start a worker: {exc}") from exc
 
     def is_lost_worker(self, exc: BaseException) -> bool:
         if isinstance(exc, BrokenProcessPool):
@@ -143,7 +148,10 @@ class LocalExecutor:
     def shutdown(self, wait: bool = True) -> None:
         """Stop the pool; without ``wait`` the workers are terminated (their jobs were handed
         back to the queue by the dispatcher, and products are only ever renamed into place)."""
-        pool = self._pool
+        self._stop_pool(self._pool, wait)
+        _LIVE_POOLS.discard(self)
+
+    def _stop_pool(self, pool: ProcessPoolExecutor, wait: bool) -> None:
         manager = getattr(pool, "_executor_manager_thread", None)
         if not wait:
             for proc in list(pool._processes.values()):  # noqa: SLF001
@@ -159,7 +167,6 @@ class LocalExecutor:
             if manager.is_alive():
                 self._kill_strays()
                 manager.join(timeout=5.0)
-        _LIVE_POOLS.discard(self)
 
     def _kill_strays(self) -> None:
         import psutil
