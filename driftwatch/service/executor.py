@@ -24,10 +24,12 @@ import logging
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import process as _cf_process
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +40,38 @@ log = logging.getLogger(__name__)
 
 
 _LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()   # LocalExecutors not yet shut down
+# Pools that broke and were replaced, or were stopped without waiting: (manager thread, the
+# pool's worker processes by pid).
+_RETIRED_MANAGERS: list[tuple[threading.Thread, dict]] = []
+
+
+def _release_stuck_managers(timeout_s: float = 5.0) -> None:
+    """At interpreter exit: let the retired pools' manager threads end, but never wait forever.
+
+    CPython 3.11's manager thread of a pool that broke (a worker killed) can block for good in
+    ``terminate_broken``, joining a worker whose exit the fork server never reports; the
+    interpreter's exit would then wait on it forever (seen in the poison-job test, about one
+    run in ten). After ``timeout_s``, such a thread is dropped from the joins at exit; its
+    processes are already gone.
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread, processes in _RETIRED_MANAGERS:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            continue
+        log.warning("a retired worker pool's manager thread is stuck; not waiting for it")
+        _cf_process._threads_wakeups.pop(thread, None)  # noqa: SLF001
+        lock = getattr(thread, "_tstate_lock", None)
+        with threading._shutdown_locks_lock:  # noqa: SLF001
+            threading._shutdown_locks.discard(lock)  # noqa: SLF001
+        # multiprocessing's own exit hook joins the same process objects: not those either
+        for proc in list(processes.values()):
+            multiprocessing.process._children.discard(proc)  # noqa: SLF001
+
+
+# Runs before concurrent.futures' own exit hook (those hooks run last registered first), which
+# joins every manager thread without a timeout.
+threading._register_atexit(_release_stuck_managers)  # noqa: SLF001
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -137,6 +171,9 @@ class LocalExecutor:
 
     def restart(self) -> None:
         log.warning("a worker process died: starting a new pool of %d", self.count)
+        manager = getattr(self._pool, "_executor_manager_thread", None)
+        if manager is not None:
+            _RETIRED_MANAGERS.append((manager, self._pool._processes))  # noqa: SLF001
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool()
         self._broken = False
@@ -153,6 +190,7 @@ class LocalExecutor:
 
     def _stop_pool(self, pool: ProcessPoolExecutor, wait: bool) -> None:
         manager = getattr(pool, "_executor_manager_thread", None)
+        processes = pool._processes or {}  # noqa: SLF001 - shutdown() drops the pool's reference
         if not wait:
             for proc in list(pool._processes.values()):  # noqa: SLF001
                 if proc.is_alive():
@@ -167,6 +205,8 @@ class LocalExecutor:
             if manager.is_alive():
                 self._kill_strays()
                 manager.join(timeout=5.0)
+            if manager.is_alive():
+                _RETIRED_MANAGERS.append((manager, processes))
 
     def _kill_strays(self) -> None:
         import psutil

@@ -42,3 +42,34 @@ def _getpid(_task) -> int:
 
 def _die(_task) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_stuck_retired_manager_thread_does_not_hold_up_exit(monkeypatch):
+    """The exit hook drops a retired pool's manager thread that never ends from the joins at
+    exit (threading's and multiprocessing's); one that ends is simply joined."""
+    import multiprocessing.process
+    import threading
+
+    from driftwatch.service import executor
+
+    block = threading.Event()
+    stuck = threading.Thread(target=block.wait, name="stuck-manager")
+    done = threading.Thread(target=lambda: None, name="ended-manager")
+    stuck.start()
+    done.start()
+
+    class FakeProcess:  # stands for a worker whose exit is never reported
+        pass
+
+    proc = FakeProcess()
+    multiprocessing.process._children.add(proc)
+    monkeypatch.setattr(executor, "_RETIRED_MANAGERS", [(stuck, {1: proc}), (done, {})])
+    try:
+        executor._release_stuck_managers(timeout_s=0.2)
+        assert stuck._tstate_lock not in threading._shutdown_locks
+        assert proc not in multiprocessing.process._children
+        assert not done.is_alive()
+    finally:
+        block.set()
+        stuck.join(5)
+        multiprocessing.process._children.discard(proc)
