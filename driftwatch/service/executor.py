@@ -45,6 +45,12 @@ _LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()   # LocalExecutors not yet shut
 _RETIRED_MANAGERS: list[tuple[threading.Thread, dict]] = []
 
 
+def _retire(manager: threading.Thread, processes: dict) -> None:
+    """Remember a stopped pool's manager thread for the exit hook; forget those that ended."""
+    _RETIRED_MANAGERS[:] = [(t, p) for t, p in _RETIRED_MANAGERS if t.is_alive()]
+    _RETIRED_MANAGERS.append((manager, processes))
+
+
 def _release_stuck_managers(timeout_s: float = 5.0) -> None:
     """At interpreter exit: let the retired pools' manager threads end, but never wait forever.
 
@@ -173,7 +179,7 @@ class LocalExecutor:
         log.warning("a worker process died: starting a new pool of %d", self.count)
         manager = getattr(self._pool, "_executor_manager_thread", None)
         if manager is not None:
-            _RETIRED_MANAGERS.append((manager, self._pool._processes))  # noqa: SLF001
+            _retire(manager, self._pool._processes)  # noqa: SLF001
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool()
         self._broken = False
@@ -206,7 +212,7 @@ class LocalExecutor:
                 self._kill_strays()
                 manager.join(timeout=5.0)
             if manager.is_alive():
-                _RETIRED_MANAGERS.append((manager, processes))
+                _retire(manager, processes)
 
     def _kill_strays(self) -> None:
         import psutil
